@@ -30,7 +30,7 @@ from rllib_drqn.learner import DRQNTorchLearner
 from rllib_drqn.module import DRQN_MODEL_DEFAULTS, DRQNTorchRLModule, resolve_model_config
 from rllib_drqn.replay import UPDATE_MODES, DRQNEpisodeReplayBuffer
 
-__all__ = ["DRQN", "DRQNConfig"]
+__all__ = ["DRQN", "DRQNConfig", "require_known_env"]
 
 _REPLAY_BUFFER_TYPE = f"{DRQNEpisodeReplayBuffer.__module__}.{DRQNEpisodeReplayBuffer.__name__}"
 
@@ -226,7 +226,7 @@ class DRQNConfig(DQNConfig):
         if self.env == FLICKERING_ATARI:
             validate_flickering_atari_config(dict(self.env_config))
         elif isinstance(self.env, str):
-            _require_known_env(self.env)
+            require_known_env(self.env)
 
 
 def _require_positive_int(name: str, value: Any) -> None:
@@ -242,7 +242,7 @@ def _is_recurrent_module_class(module_class: type, model_config: dict[str, Any])
     return module_class.get_initial_state is not RLModule.get_initial_state
 
 
-def _require_known_env(env_id: str) -> None:
+def require_known_env(env_id: str) -> None:
     """Fails early, in the driver, for an env name that neither Tune nor gymnasium knows."""
     from ray.tune.registry import ENV_CREATOR, _global_registry
 

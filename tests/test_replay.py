@@ -1,0 +1,156 @@
+"""DRQNEpisodeReplayBuffer on its own: what each update mode stores and samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+from rllib_drqn.replay import SEQ_SLOT, SEQ_START, DRQNEpisodeReplayBuffer
+
+CELL = 4
+
+
+def make_episode(length: int, *, done: bool = True) -> SingleAgentEpisode:
+    """An episode whose observation at step t is [t] and whose stored state at t is t+1.
+
+    Numpy'd, as env runners hand episodes to the algorithm.
+    """
+    episode = SingleAgentEpisode(
+        observations=[np.array([t], np.float32) for t in range(length + 1)],
+        actions=[0] * length,
+        rewards=[1.0] * length,
+        extra_model_outputs={
+            Columns.STATE_OUT: [
+                {"h": np.full(CELL, t + 1, np.float32), "c": np.full(CELL, t + 1, np.float32)}
+                for t in range(length)
+            ]
+        },
+        terminated=done,
+        len_lookback_buffer=0,
+    )
+    return episode.to_numpy()
+
+
+def sample(buffer: DRQNEpisodeReplayBuffer, num_sequences: int, seq_len: int):
+    return buffer.sample(
+        num_items=num_sequences * seq_len,
+        batch_length_T=seq_len,
+        lookback=1,
+        sample_episodes=True,
+        n_step=1,
+    )
+
+
+def test_random_mode_drops_the_acting_state_from_replay() -> None:
+    buffer = DRQNEpisodeReplayBuffer(capacity=1000, update_mode="random")
+    episode = make_episode(20)
+    buffer.add(episode)
+    assert Columns.STATE_OUT not in buffer.episodes[0].extra_model_outputs
+    # The caller's episode is left as it was.
+    assert Columns.STATE_OUT in episode.extra_model_outputs
+
+
+def test_stored_mode_keeps_the_acting_state() -> None:
+    buffer = DRQNEpisodeReplayBuffer(capacity=1000, update_mode="stored")
+    buffer.add(make_episode(20))
+    assert Columns.STATE_OUT in buffer.episodes[0].extra_model_outputs
+
+
+def test_batches_are_counted_in_sequences() -> None:
+    buffer = DRQNEpisodeReplayBuffer(capacity=1000, seed=0)
+    buffer.add([make_episode(50), make_episode(7)])
+    sequences = sample(buffer, num_sequences=32, seq_len=10)
+    assert len(sequences) == 32
+    assert all(1 <= len(s) <= 10 for s in sequences)
+    for s in sequences:
+        # Consecutive steps of one episode: observation t is [t].
+        obs = s.get_observations()[:, 0]
+        assert np.array_equal(obs, np.arange(s.t_started, s.t_started + len(s) + 1))
+
+
+def test_random_starts_spread_over_the_whole_episode() -> None:
+    buffer = DRQNEpisodeReplayBuffer(capacity=1000, seed=1)
+    buffer.add(make_episode(100))
+    starts = np.array([s.t_started for s in sample(buffer, num_sequences=2000, seq_len=10)])
+    quarter_share = np.histogram(starts, bins=4, range=(0, 100))[0] / len(starts)
+    print("share of starts per quarter of the episode:", quarter_share)
+    assert starts.min() == 0
+    assert starts.max() >= 95
+    assert np.all(np.abs(quarter_share - 0.25) < 0.05)
+
+
+def test_same_seed_draws_the_same_sequences() -> None:
+    draws = []
+    for _ in range(2):
+        buffer = DRQNEpisodeReplayBuffer(capacity=1000, seed=7)
+        buffer.add([make_episode(30), make_episode(40)])
+        sequences = sample(buffer, 16, 10)
+        draws.append([(buffer.episode_id_to_index[s.id_], s.t_started) for s in sequences])
+    assert draws[0] == draws[1]
+
+
+def test_sequential_cursors_walk_each_episode_from_its_start_to_its_end() -> None:
+    buffer = DRQNEpisodeReplayBuffer(capacity=1000, update_mode="sequential", seed=0)
+    episodes = [make_episode(25), make_episode(12), make_episode(31)]
+    buffer.add(episodes)
+    seen: dict[int, list[tuple[str, int, int]]] = {0: [], 1: []}
+    for _ in range(12):
+        for chunk in sample(buffer, num_sequences=2, seq_len=10):
+            slot = int(chunk.get_extra_model_outputs(SEQ_SLOT)[0])
+            start = int(chunk.get_extra_model_outputs(SEQ_START)[0])
+            assert start == chunk.t_started
+            seen[slot].append((chunk.id_, chunk.t_started, len(chunk)))
+    for chunks in seen.values():
+        # Within a slot: each episode from t=0 in steps of 10 until its last (short) chunk.
+        expected_start = 0
+        for episode_id, start, length in chunks:
+            assert start == expected_start, chunks
+            full_length = len(buffer.episodes[buffer.episode_id_to_index[episode_id]])
+            expected_start = 0 if start + length >= full_length else start + length
+    # Each chunk's episode is one of the stored ones, and both slots start at t=0 first.
+    assert seen[0][0][1] == 0
+    assert seen[1][0][1] == 0
+
+
+def test_sequential_cursor_restarts_when_its_episode_is_evicted() -> None:
+    buffer = DRQNEpisodeReplayBuffer(capacity=60, update_mode="sequential", seed=0)
+    buffer.add(make_episode(40))
+    first = sample(buffer, num_sequences=1, seq_len=10)[0]
+    assert first.t_started == 0
+    buffer.add([make_episode(30), make_episode(25)])  # evicts the 40-step episode
+    assert first.id_ not in buffer.episode_id_to_index
+    chunk = sample(buffer, num_sequences=1, seq_len=10)[0]
+    assert chunk.id_ != first.id_
+    assert chunk.t_started == 0
+
+
+def test_burn_in_skips_starts_that_leave_no_step_to_train() -> None:
+    buffer = DRQNEpisodeReplayBuffer(capacity=1000, update_mode="stored", seed=0)
+    buffer.add(make_episode(20))
+    sequences = buffer.sample(
+        num_items=200 * 10,
+        batch_length_T=10,
+        lookback=1,
+        min_batch_length_T=4,
+        sample_episodes=True,
+        n_step=1,
+    )
+    assert max(s.t_started for s in sequences) < 20 - 4
+
+
+@pytest.mark.parametrize("mode", ["stored", "sequence", ""])
+def test_unknown_mode_raises(mode: str) -> None:
+    if mode == "stored":
+        DRQNEpisodeReplayBuffer(update_mode=mode)
+        return
+    with pytest.raises(ValueError, match=f"Unknown update_mode {mode!r}"):
+        DRQNEpisodeReplayBuffer(update_mode=mode)
+
+
+def test_n_step_other_than_one_raises() -> None:
+    buffer = DRQNEpisodeReplayBuffer()
+    buffer.add(make_episode(10))
+    with pytest.raises(ValueError, match=r"n_step=3.*n_step=1"):
+        buffer.sample(num_items=10, batch_length_T=5, sample_episodes=True, n_step=3)
