@@ -34,8 +34,13 @@ Exit status:
        checkpoint.
     2: bad command line, file or config; nothing was started or written.
 
-To add a subcommand (``evaluate``, say), write an ``_add_<name>_parser(subparsers)`` function
-that registers its parser with ``set_defaults(handler=...)`` and list it in ``_SUBCOMMANDS``.
+``rllib evaluate CHECKPOINT --flicker-probs 0,0.5,1 --episodes 10`` plays a checkpoint at each
+flicker probability and writes a table and a plot; it is a thin layer over
+:func:`rllib_drqn.evaluate.evaluate` and exits 0 when done, 2 for a bad command line or
+checkpoint (checked before any episode is played; nothing is written).
+
+To add a subcommand, write an ``_add_<name>_parser(subparsers)`` function that registers its
+parser with ``set_defaults(handler=...)`` and list it in ``_SUBCOMMANDS``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
 
+from rllib_drqn import evaluate as evaluation
 from rllib_drqn.config import DRQNConfig, require_known_env
 from rllib_drqn.module import DRQN_MODEL_DEFAULTS
 
@@ -851,15 +857,112 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     file_parser.set_defaults(handler=_run_train_file)
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    def report(result: evaluation.FlickerResult) -> None:
+        print(
+            f"flicker prob {result.flicker_prob:4.2f} ({result.fraction_shown:4.0%} of frames "
+            f"shown) | return {result.mean:8.2f} +- {result.std:7.2f} over {result.episodes} "
+            "episodes",
+            flush=True,
+        )
+
+    try:
+        probs = evaluation.parse_flicker_probs(args.flicker_probs)
+        episodes = evaluation.check_num_episodes(args.episodes)
+        epsilon = evaluation.check_epsilon(args.epsilon)
+        spec = evaluation.inspect_checkpoint(args.checkpoint)
+        print(
+            f"Evaluating {spec.algorithm} checkpoint {spec.path} on {spec.env_name} at flicker "
+            f"probs {list(probs)}: {episodes} episodes each, epsilon {epsilon:g}, seed "
+            f"{args.seed}",
+            flush=True,
+        )
+        result = evaluation.evaluate(
+            spec,
+            probs,
+            episodes,
+            epsilon=epsilon,
+            seed=args.seed,
+            out_dir=args.out,
+            video_dir=args.video,
+            progress=report,
+        )
+    except evaluation.EvaluationError as error:
+        raise CLIError(str(error)) from None
+    print(f"Table: {result.csv_path}\nJSON:  {result.json_path}\nPlot:  {result.plot_path}")
+    if result.video_path is not None:
+        print(f"Video: {result.video_path}")
+    return 0
+
+
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="play a checkpoint across flicker probabilities",
+        description="Play a checkpoint epsilon-greedily at each flicker probability (the "
+        "probability of blanking a frame) and write evaluation.csv, evaluation.json and "
+        "observability.png (mean return +- std against observability), as in Hausknecht & "
+        "Stone (2015), Figure 5.",
+        epilog="Exit status: 0 when done, 2 for a bad command line or checkpoint (checked "
+        "before any episode is played; nothing is written).",
+    )
+    parser.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="an algorithm checkpoint: <storage-path>/<experiment>/<trial>/checkpoint_00000N "
+        "from `rllib train file`, or a directory written by Algorithm.save_to_path()",
+    )
+    parser.add_argument(
+        "--flicker-probs",
+        required=True,
+        metavar="P,P,...",
+        help="comma-separated probabilities in [0, 1] of blanking a frame, e.g. "
+        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    )
+    parser.add_argument(
+        "--episodes", required=True, metavar="N", help="episodes per flicker probability (>= 1)"
+    )
+    parser.add_argument(
+        "--epsilon",
+        default=str(evaluation.DEFAULT_EPSILON),
+        metavar="E",
+        help="probability of a random action per step (default "
+        f"{evaluation.DEFAULT_EPSILON}, the paper's evaluation; 0: greedy)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help="episode i resets its env with seed S+i at every flicker probability (default 0)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where the table, JSON and plot go (default ./evaluation/<checkpoint name>; "
+        "never inside the checkpoint)",
+    )
+    parser.add_argument(
+        "--video",
+        metavar="DIR",
+        help="also save the first episode at the first flicker probability as a GIF in DIR",
+    )
+    parser.set_defaults(handler=_run_evaluate)
+
+
 #: One function per subcommand; each adds its parser and sets ``handler``.
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train_parser,)
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_train_parser,
+    _add_evaluate_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``rllib`` argument parser, one subparser per entry of ``_SUBCOMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="rllib",
-        description="Train DRQN (rllib-drqn) or RLlib's DQN from tuned-example YAML files.",
+        description="Train DRQN (rllib-drqn) or RLlib's DQN from tuned-example YAML files, "
+        "and evaluate checkpoints across observability.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_subcommand in _SUBCOMMANDS:

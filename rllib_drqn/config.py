@@ -28,11 +28,25 @@ from ray.rllib.utils.annotations import override
 from rllib_drqn.envs import FLICKERING_ATARI, validate_flickering_atari_config
 from rllib_drqn.learner import DRQNTorchLearner
 from rllib_drqn.module import DRQN_MODEL_DEFAULTS, DRQNTorchRLModule, resolve_model_config
-from rllib_drqn.replay import UPDATE_MODES, DRQNEpisodeReplayBuffer
+from rllib_drqn.replay import (
+    UPDATE_MODES,
+    DRQNEpisodeReplayBuffer,
+    DRQNPrioritizedEpisodeReplayBuffer,
+)
 
-__all__ = ["DRQN", "DRQNConfig", "require_known_env"]
+__all__ = [
+    "BUFFER_TYPES",
+    "DRQN",
+    "PRIORITIZED_REPLAY_BUFFER_TYPE",
+    "DRQNConfig",
+    "require_known_env",
+]
 
-_REPLAY_BUFFER_TYPE = f"{DRQNEpisodeReplayBuffer.__module__}.{DRQNEpisodeReplayBuffer.__name__}"
+_BUFFER_CLASSES = (DRQNEpisodeReplayBuffer, DRQNPrioritizedEpisodeReplayBuffer)
+#: Import paths of DRQN's replay buffers: RLlib builds the buffer from this string.
+BUFFER_TYPES = {cls: f"{cls.__module__}.{cls.__name__}" for cls in _BUFFER_CLASSES}
+_REPLAY_BUFFER_TYPE = BUFFER_TYPES[DRQNEpisodeReplayBuffer]
+PRIORITIZED_REPLAY_BUFFER_TYPE = BUFFER_TYPES[DRQNPrioritizedEpisodeReplayBuffer]
 
 
 class DRQNConfig(DQNConfig):
@@ -180,11 +194,22 @@ class DRQNConfig(DQNConfig):
                 "config.training(num_atoms=1, noisy=False)."
             )
         buffer_type = self.replay_buffer_config.get("type")
-        if buffer_type not in (_REPLAY_BUFFER_TYPE, DRQNEpisodeReplayBuffer):
+        if buffer_type not in (*BUFFER_TYPES, *BUFFER_TYPES.values()):
             raise ValueError(
-                f"DRQN samples sequences by update mode from its own replay buffer; got "
-                f"replay_buffer_config type {buffer_type!r}. Set "
-                f"replay_buffer_config={{'type': '{_REPLAY_BUFFER_TYPE}', 'capacity': ...}}."
+                f"DRQN samples sequences by update mode from its own replay buffers; got "
+                f"replay_buffer_config type {buffer_type!r}. Set replay_buffer_config="
+                f"{{'type': '{_REPLAY_BUFFER_TYPE}', 'capacity': ...}}, or for prioritized "
+                f"replay {{'type': '{PRIORITIZED_REPLAY_BUFFER_TYPE}', 'alpha': 0.9, ...}}."
+            )
+        prioritized = buffer_type in (
+            DRQNPrioritizedEpisodeReplayBuffer,
+            PRIORITIZED_REPLAY_BUFFER_TYPE,
+        )
+        if prioritized and self.update_mode == "sequential":
+            raise ValueError(
+                "Prioritized replay draws sequences by priority, but update_mode='sequential' "
+                "walks whole episodes in order. Use update_mode='random' or 'stored' with "
+                f"{PRIORITIZED_REPLAY_BUFFER_TYPE}, or the plain {_REPLAY_BUFFER_TYPE}."
             )
 
     def _validate_module_settings(self) -> None:
@@ -272,8 +297,7 @@ class DRQN(DQN):
         """Hands the update mode and seed to the buffer, which picks sequences by them."""
         buffer_config = dict(config["replay_buffer_config"])
         # RLlib's base method matches the type by substring, so it must be the import path.
-        if buffer_config.get("type") is DRQNEpisodeReplayBuffer:
-            buffer_config["type"] = _REPLAY_BUFFER_TYPE
+        buffer_config["type"] = BUFFER_TYPES.get(buffer_config["type"], buffer_config["type"])
         buffer_config.setdefault("update_mode", self.config.update_mode)
         buffer_config.setdefault("seed", self.config.seed)
         return super()._create_local_replay_buffer_if_necessary(

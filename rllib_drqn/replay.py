@@ -35,12 +35,16 @@ from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils import force_list
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
+from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
+    PrioritizedEpisodeReplayBuffer,
+)
 
 __all__ = [
     "SEQ_SLOT",
     "SEQ_START",
     "UPDATE_MODES",
     "DRQNEpisodeReplayBuffer",
+    "DRQNPrioritizedEpisodeReplayBuffer",
 ]
 
 UPDATE_MODES = ("random", "sequential", "stored")
@@ -49,6 +53,9 @@ UPDATE_MODES = ("random", "sequential", "stored")
 #: timestep inside its episode where the chunk starts (0 means "zero initial state").
 SEQ_SLOT = "drqn_seq_slot"
 SEQ_START = "drqn_seq_start"
+
+# Sampled sequences get ids "<stored episode id>/<row>"; see `_SequenceSampling.sample`.
+_ID_SEPARATOR = "/"
 
 
 @dataclass
@@ -59,46 +66,37 @@ class _Cursor:
     position: int
 
 
-class DRQNEpisodeReplayBuffer(EpisodeReplayBuffer):
-    """RLlib's ``EpisodeReplayBuffer`` sampling DRQN sequences by update mode.
+class _SequenceSampling:
+    """DRQN's sequence sampling, shared by the plain and the prioritized buffer.
 
-    Args:
-        capacity: Timesteps kept; whole oldest episodes are evicted beyond it (as RLlib does).
-        update_mode: One of ``"random"``, ``"sequential"``, ``"stored"``.
-        seed: Seeds the sampling generator, so replay draws repeat under a fixed seed.
-        **kwargs: Passed on to ``EpisodeReplayBuffer``.
+    Mixed in before an RLlib episode buffer class, whose storage (``episodes``, ``_indices``,
+    eviction) it reads. Subclasses choose how a start step is drawn (``_draw_start``).
     """
 
-    def __init__(
-        self,
-        capacity: int = 10000,
-        *,
-        update_mode: str = "random",
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
+    update_mode: str
+    rng: np.random.Generator
+
+    def _init_sequence_sampling(self, update_mode: str, seed: int | None) -> None:
         if update_mode not in UPDATE_MODES:
             raise ValueError(
                 f"Unknown update_mode {update_mode!r}; use one of {list(UPDATE_MODES)}."
             )
-        super().__init__(capacity, **kwargs)
         self.update_mode = update_mode
         self.rng = np.random.default_rng(seed)
         self._cursors: list[_Cursor | None] = []
+        self._source_episode_ids: list[str] = []
 
     @property
     def stores_state(self) -> bool:
         """Only R2D2's stored-state mode reads the acting LSTM state back from replay."""
         return self.update_mode == "stored"
 
-    @override(EpisodeReplayBuffer)
     def add(self, episodes: list[SingleAgentEpisode] | SingleAgentEpisode) -> None:
         episodes = force_list(episodes)
         if not self.stores_state:
             episodes = [_without_lstm_state(episode) for episode in episodes]
         super().add(episodes)
 
-    @override(EpisodeReplayBuffer)
     def sample(
         self,
         num_items: int | None = None,
@@ -108,6 +106,7 @@ class DRQNEpisodeReplayBuffer(EpisodeReplayBuffer):
         min_batch_length_T: int = 0,
         sample_episodes: bool | None = False,
         n_step: int | tuple | None = None,
+        beta: float = 0.0,
         **kwargs: Any,
     ) -> Any:
         """Returns ``ceil(num_items / batch_length_T)`` sequences for a recurrent module.
@@ -125,6 +124,7 @@ class DRQNEpisodeReplayBuffer(EpisodeReplayBuffer):
                 min_batch_length_T=min_batch_length_T,
                 sample_episodes=sample_episodes,
                 n_step=n_step,
+                beta=beta,
                 **kwargs,
             )
         if n_step not in (None, 1):
@@ -138,35 +138,59 @@ class DRQNEpisodeReplayBuffer(EpisodeReplayBuffer):
             )
         num_sequences = max(1, math.ceil((num_items or self.batch_size_B) / batch_length_T))
         if self.update_mode == "sequential":
-            sequences = self._sample_sequential_chunks(num_sequences, batch_length_T, lookback)
+            chunks = self._sample_sequential_chunks(num_sequences, batch_length_T, lookback)
+            sequences = [(chunk, 1.0) for chunk in chunks]
         else:
             sequences = self._sample_random_sequences(
-                num_sequences, batch_length_T, lookback, min_batch_length_T
+                num_sequences, batch_length_T, lookback, min_batch_length_T, beta
             )
-        for sequence in sequences:
-            # DQNTorchLearner reads `n_step` and `weights` per step (prioritized replay
-            # weights; all ones here), as RLlib's own sequence sampling provides them.
+        self._source_episode_ids = [sequence.id_ for sequence, _ in sequences]
+        for index, (sequence, weight) in enumerate(sequences):
+            # DQNTorchLearner reads `n_step` and `weights` (importance-sampling weights of
+            # prioritized replay) per step, as RLlib's own sequence sampling provides them.
             _add_constant_column(sequence, "n_step", 1, lookback)
-            _add_constant_column(sequence, "weights", 1.0, lookback)
+            _add_constant_column(sequence, "weights", weight, lookback)
+            # RLlib's learner connectors group rows by episode id
+            # (ConnectorV2.add_n_batch_items keys items by `(episode.id_,)`): two sequences of
+            # one episode would be merged and reordered, and per-row results (TD errors for
+            # priorities) would no longer line up with the samples. One id per sequence.
+            sequence.id_ = f"{sequence.id_}{_ID_SEPARATOR}{index}"
+        sequences = [sequence for sequence, _ in sequences]
         self._record_sample_metrics(sequences)
         return sequences
 
+    @property
+    def last_sampled_source_ids(self) -> list[str]:
+        """The stored episode each sequence of the last ``sample()`` was cut from, in order."""
+        return list(self._source_episode_ids)
+
     def _sample_random_sequences(
-        self, num_sequences: int, seq_len: int, lookback: int, min_length: int
-    ) -> list[SingleAgentEpisode]:
-        """Uniform random start over all stored steps, then up to ``seq_len`` steps."""
+        self, num_sequences: int, seq_len: int, lookback: int, min_length: int, beta: float
+    ) -> list[tuple[SingleAgentEpisode, float]]:
+        """Sequences of up to ``seq_len`` steps from drawn starts, with their IS weights."""
         sequences = []
+        self._sampled_starts: list[Any] = []
+        self._sampled_lengths: list[int] = []
         # Sequences shorter than the burn-in carry no loss; skip their starts, as RLlib does.
         max_tries = 100 * num_sequences
         while len(sequences) < num_sequences:
-            episode_index, start = self._indices[self.rng.integers(len(self._indices))]
-            episode = self.episodes[episode_index - self._num_episodes_evicted]
+            episode, start, weight, key = self._draw_start(beta)
             max_tries -= 1
             if min_length > 0 and start + min_length >= len(episode) and max_tries > 0:
                 continue
             end = min(start + seq_len, len(episode))
-            sequences.append(episode.slice(slice(start, end), len_lookback_buffer=lookback))
+            sequence = episode.slice(slice(start, end), len_lookback_buffer=lookback)
+            sequences.append((sequence, weight))
+            self._sampled_starts.append(key)
+            self._sampled_lengths.append(end - start)
+        self._sampled_burn_in = min_length
         return sequences
+
+    def _draw_start(self, beta: float) -> tuple[SingleAgentEpisode, int, float, Any]:
+        """A uniformly drawn stored step: (episode, start, IS weight 1, its index)."""
+        index = self.rng.integers(len(self._indices))
+        episode_index, start = self._indices[index][:2]
+        return self.episodes[episode_index - self._num_episodes_evicted], start, 1.0, index
 
     def _sample_sequential_chunks(
         self, num_sequences: int, seq_len: int, lookback: int
@@ -228,6 +252,95 @@ class DRQNEpisodeReplayBuffer(EpisodeReplayBuffer):
             module_to_sampled_n_step={DEFAULT_MODULE_ID: 1.0},
             module_to_num_resamples={DEFAULT_MODULE_ID: 0},
         )
+
+
+class DRQNEpisodeReplayBuffer(_SequenceSampling, EpisodeReplayBuffer):
+    """RLlib's ``EpisodeReplayBuffer`` sampling DRQN sequences by update mode.
+
+    Args:
+        capacity: Timesteps kept; whole oldest episodes are evicted beyond it (as RLlib does).
+        update_mode: One of ``"random"``, ``"sequential"``, ``"stored"``.
+        seed: Seeds the sampling generator, so replay draws repeat under a fixed seed.
+        **kwargs: Passed on to ``EpisodeReplayBuffer``.
+    """
+
+    def __init__(
+        self,
+        capacity: int = 10000,
+        *,
+        update_mode: str = "random",
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(capacity, **kwargs)
+        self._init_sequence_sampling(update_mode, seed)
+
+
+class DRQNPrioritizedEpisodeReplayBuffer(_SequenceSampling, PrioritizedEpisodeReplayBuffer):
+    """RLlib's ``PrioritizedEpisodeReplayBuffer`` sampling sequences by priority (R2D2).
+
+    A sequence's start step carries its priority; after an update it becomes
+    ``eta * max|delta| + (1 - eta) * mean|delta|`` over the sequence's trained steps
+    (Kapturowski et al. 2019, eta = 0.9). Importance-sampling weights use ``beta`` as RLlib
+    passes it from ``replay_buffer_config``; R2D2 itself uses none (beta = 0).
+
+    Args:
+        capacity: Timesteps kept.
+        update_mode: ``"random"`` or ``"stored"`` (sequential cursors have no priorities).
+        priority_eta: The max/mean mix of per-step TD errors into a sequence priority.
+        seed: Seeds the sampling generator.
+        **kwargs: Passed on to ``PrioritizedEpisodeReplayBuffer`` (``alpha``, ...).
+    """
+
+    def __init__(
+        self,
+        capacity: int = 10000,
+        *,
+        update_mode: str = "random",
+        priority_eta: float = 0.9,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if update_mode == "sequential":
+            raise ValueError(
+                "Prioritized replay draws sequences by priority; update_mode='sequential' walks "
+                "whole episodes instead. Use update_mode='random' or 'stored', or the plain "
+                "DRQNEpisodeReplayBuffer."
+            )
+        if not 0.0 <= priority_eta <= 1.0:
+            raise ValueError(f"priority_eta must be in [0, 1], got {priority_eta!r}.")
+        super().__init__(capacity, **kwargs)
+        self._init_sequence_sampling(update_mode, seed)
+        self.priority_eta = priority_eta
+
+    def _draw_start(self, beta: float) -> tuple[SingleAgentEpisode, int, float, Any]:
+        """A start drawn proportionally to priority, as RLlib's own ``sample`` draws steps."""
+        total = self._sum_segment.sum()
+        tree_index = self._sum_segment.find_prefixsum_idx(self.rng.random() * total)
+        num_steps = self.get_num_timesteps()
+        p_min = self._min_segment.min() / total
+        max_weight = (p_min * num_steps) ** (-beta)
+        weight = ((self._sum_segment[tree_index] / total) * num_steps) ** (-beta) / max_weight
+        episode_index, start, _ = self._indices[self._tree_idx_to_sample_idx[tree_index]]
+        episode = self.episodes[episode_index - self._num_episodes_evicted]
+        return episode, start, float(weight), tree_index
+
+    @override(PrioritizedEpisodeReplayBuffer)
+    def update_priorities(self, priorities: np.ndarray, module_id: str | None = None) -> None:
+        """Sets each sampled sequence's priority from its per-step TD errors ``[B, T]``."""
+        td_errors = np.abs(np.asarray(priorities, dtype=np.float64))
+        num_sequences = len(self._sampled_starts)
+        td_errors = td_errors.reshape(num_sequences, -1)
+        sequence_priorities = []
+        for row, length in enumerate(self._sampled_lengths):
+            trained = td_errors[row, self._sampled_burn_in : length]
+            if trained.size == 0:
+                trained = td_errors[row, :length]
+            sequence_priorities.append(
+                self.priority_eta * trained.max() + (1 - self.priority_eta) * trained.mean()
+            )
+        self._last_sampled_indices = list(self._sampled_starts)
+        super().update_priorities(np.array(sequence_priorities), module_id)
 
 
 def _without_lstm_state(episode: SingleAgentEpisode) -> SingleAgentEpisode:

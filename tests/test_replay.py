@@ -7,7 +7,12 @@ import pytest
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
-from rllib_drqn.replay import SEQ_SLOT, SEQ_START, DRQNEpisodeReplayBuffer
+from rllib_drqn.replay import (
+    SEQ_SLOT,
+    SEQ_START,
+    DRQNEpisodeReplayBuffer,
+    DRQNPrioritizedEpisodeReplayBuffer,
+)
 
 CELL = 4
 
@@ -87,7 +92,13 @@ def test_same_seed_draws_the_same_sequences() -> None:
         buffer = DRQNEpisodeReplayBuffer(capacity=1000, seed=7)
         buffer.add([make_episode(30), make_episode(40)])
         sequences = sample(buffer, 16, 10)
-        draws.append([(buffer.episode_id_to_index[s.id_], s.t_started) for s in sequences])
+        sources = buffer.last_sampled_source_ids
+        draws.append(
+            [
+                (buffer.episode_id_to_index[i], s.t_started)
+                for i, s in zip(sources, sequences, strict=True)
+            ]
+        )
     assert draws[0] == draws[1]
 
 
@@ -97,11 +108,12 @@ def test_sequential_cursors_walk_each_episode_from_its_start_to_its_end() -> Non
     buffer.add(episodes)
     seen: dict[int, list[tuple[str, int, int]]] = {0: [], 1: []}
     for _ in range(12):
-        for chunk in sample(buffer, num_sequences=2, seq_len=10):
+        chunks = sample(buffer, num_sequences=2, seq_len=10)
+        for chunk, source_id in zip(chunks, buffer.last_sampled_source_ids, strict=True):
             slot = int(chunk.get_extra_model_outputs(SEQ_SLOT)[0])
             start = int(chunk.get_extra_model_outputs(SEQ_START)[0])
             assert start == chunk.t_started
-            seen[slot].append((chunk.id_, chunk.t_started, len(chunk)))
+            seen[slot].append((source_id, chunk.t_started, len(chunk)))
     for chunks in seen.values():
         # Within a slot: each episode from t=0 in steps of 10 until its last (short) chunk.
         expected_start = 0
@@ -118,11 +130,12 @@ def test_sequential_cursor_restarts_when_its_episode_is_evicted() -> None:
     buffer = DRQNEpisodeReplayBuffer(capacity=60, update_mode="sequential", seed=0)
     buffer.add(make_episode(40))
     first = sample(buffer, num_sequences=1, seq_len=10)[0]
+    (first_source,) = buffer.last_sampled_source_ids
     assert first.t_started == 0
     buffer.add([make_episode(30), make_episode(25)])  # evicts the 40-step episode
-    assert first.id_ not in buffer.episode_id_to_index
+    assert first_source not in buffer.episode_id_to_index
     chunk = sample(buffer, num_sequences=1, seq_len=10)[0]
-    assert chunk.id_ != first.id_
+    assert buffer.last_sampled_source_ids != [first_source]
     assert chunk.t_started == 0
 
 
@@ -154,3 +167,54 @@ def test_n_step_other_than_one_raises() -> None:
     buffer.add(make_episode(10))
     with pytest.raises(ValueError, match=r"n_step=3.*n_step=1"):
         buffer.sample(num_items=10, batch_length_T=5, sample_episodes=True, n_step=3)
+
+
+def test_each_sampled_sequence_gets_its_own_id() -> None:
+    """RLlib's learner connectors group rows by episode id; one id per row keeps the order."""
+    buffer = DRQNEpisodeReplayBuffer(capacity=1000, seed=0)
+    buffer.add(make_episode(30))
+    sequences = sample(buffer, num_sequences=8, seq_len=5)
+    assert len({s.id_ for s in sequences}) == 8
+    assert set(buffer.last_sampled_source_ids) == {buffer.episodes[0].id_}
+
+
+def test_prioritized_buffer_draws_high_priority_sequences_more_often() -> None:
+    buffer = DRQNPrioritizedEpisodeReplayBuffer(capacity=1000, alpha=1.0, seed=0)
+    buffer.add(make_episode(40))
+    sequences = sample(buffer, num_sequences=40, seq_len=5)
+    # Give sequences starting in the first half a TD error 20x larger than the rest.
+    td_errors = np.array(
+        [[2.0 if s.t_started < 20 else 0.1] * 5 for s in sequences], dtype=np.float32
+    )
+    buffer.update_priorities(td_errors)
+    starts = np.array([s.t_started for s in sample(buffer, num_sequences=2000, seq_len=5)])
+    first_half = (starts < 20).mean()
+    print("share of starts in the high-priority half:", first_half)
+    assert first_half > 0.75
+
+
+def test_prioritized_sequence_priority_mixes_max_and_mean_of_trained_steps() -> None:
+    buffer = DRQNPrioritizedEpisodeReplayBuffer(capacity=1000, alpha=1.0, priority_eta=0.9)
+    buffer.add(make_episode(50))
+    sequences = buffer.sample(
+        num_items=10,
+        batch_length_T=10,
+        lookback=1,
+        sample_episodes=True,
+        n_step=1,
+        min_batch_length_T=2,
+    )
+    (sequence,) = sequences
+    (tree_index,) = buffer._sampled_starts
+    td = np.zeros((1, 10), np.float32)
+    td[0, :2] = 50.0  # burn-in steps: ignored
+    td[0, 2 : len(sequence)] = np.linspace(1.0, 2.0, len(sequence) - 2)
+    buffer.update_priorities(td)
+    trained = td[0, 2 : len(sequence)]
+    expected = 0.9 * trained.max() + 0.1 * trained.mean()
+    assert buffer._sum_segment[tree_index] == pytest.approx(expected, rel=1e-5)
+
+
+def test_prioritized_buffer_rejects_sequential_mode() -> None:
+    with pytest.raises(ValueError, match="update_mode='sequential' walks whole episodes"):
+        DRQNPrioritizedEpisodeReplayBuffer(update_mode="sequential")

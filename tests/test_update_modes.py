@@ -95,7 +95,12 @@ def test_random_mode_starts_every_sequence_from_zero_state(train_and_record) -> 
         num_items=300 * SEQ_LEN, batch_length_T=SEQ_LEN, lookback=1, sample_episodes=True, n_step=1
     )
     starts = np.array([s.t_started for s in sampled])
-    lengths = np.array([len(buffer.episodes[buffer.episode_id_to_index[s.id_]]) for s in sampled])
+    lengths = np.array(
+        [
+            len(buffer.episodes[buffer.episode_id_to_index[source_id]])
+            for source_id in buffer.last_sampled_source_ids
+        ]
+    )
     relative = starts / lengths
     print("relative start positions: mean", relative.mean(), "max", relative.max())
     assert (starts == 0).mean() < 0.3
