@@ -1,0 +1,79 @@
+"""R2D2's sequence targets: n-step returns inside a sequence and value rescaling.
+
+RLlib's ``DQNTorchLearner`` loss takes 1-step targets (its replay computes n-step rewards only
+for single transitions, and asserts ``n_step == 1`` when it samples sequences). R2D2
+(Kapturowski et al. 2019, https://openreview.net/forum?id=r1lyTjAqYX) computes n-step targets
+inside each sequence instead, and learns Q in a rescaled space, h(x) = sign(x)(sqrt(|x|+1) - 1)
++ eps * x (Pohlen et al. 2018, https://arxiv.org/abs/1805.11593). This module is that target
+computation as plain tensor functions; ``rllib_drqn.learner`` calls them when
+``n_step > 1`` or ``value_rescaling`` is set, and uses RLlib's loss otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["h_inverse", "h_rescale", "n_step_sequence_targets"]
+
+
+def h_rescale(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """h(x) = sign(x) (sqrt(|x| + 1) - 1) + eps x: squashes large returns (R2D2)."""
+    return torch.sign(x) * (torch.sqrt(torch.abs(x) + 1.0) - 1.0) + eps * x
+
+
+def h_inverse(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """The exact inverse of :func:`h_rescale` (Pohlen et al. 2018, Proposition A.2)."""
+    root = torch.sqrt(1.0 + 4.0 * eps * (torch.abs(x) + 1.0 + eps))
+    return torch.sign(x) * (((root - 1.0) / (2.0 * eps)) ** 2 - 1.0)
+
+
+def n_step_sequence_targets(
+    *,
+    rewards: torch.Tensor,
+    terminateds: torch.Tensor,
+    valid: torch.Tensor,
+    next_values: torch.Tensor,
+    gamma: float,
+    n_step: int,
+    rescale_eps: float | None = None,
+) -> torch.Tensor:
+    """Targets ``[B, T]`` of n-step Q-learning inside each sequence.
+
+    For step t of a sequence with ``L`` valid steps the horizon is ``k = min(n_step, L - t)``:
+    ``G = sum_{i<k} gamma^i r_{t+i} + gamma^k (1 - terminated_{t+k-1}) V(o_{t+k})``. A terminal
+    step can only be a sequence's last valid step (sequences never cross episode ends), so the
+    horizon reaches it whenever it lies within n steps.
+
+    Args:
+        rewards: ``[B, T]`` rewards of the action at each step.
+        terminateds: ``[B, T]``, True where ``o_{t+1}`` is terminal.
+        valid: ``[B, T]`` bool, False on zero-padded steps.
+        next_values: ``[B, T]`` bootstrap values ``V(o_{t+1})`` (double-Q: the target net's
+            value of the online net's argmax), in rescaled space when ``rescale_eps`` is set.
+        gamma: Discount.
+        n_step: The return horizon n >= 1.
+        rescale_eps: When set, ``next_values`` are rescaled values: they are mapped back with
+            h^-1 and the target is mapped with h (R2D2's value rescaling).
+
+    Returns:
+        The targets, detached from the graph.
+    """
+    if n_step < 1:
+        raise ValueError(f"n_step must be >= 1, got {n_step}.")
+    with torch.no_grad():
+        batch, time = rewards.shape
+        values = next_values if rescale_eps is None else h_inverse(next_values, rescale_eps)
+        lengths = valid.long().sum(dim=1, keepdim=True)  # [B, 1]
+        steps = torch.arange(time, device=rewards.device).unsqueeze(0)  # [1, T]
+        horizon = torch.clamp(torch.minimum(lengths - steps, torch.tensor(n_step)), min=1)
+        padded_rewards = torch.cat([rewards, rewards.new_zeros(batch, n_step)], dim=1)
+        returns = torch.zeros_like(rewards)
+        for i in range(n_step):
+            within = (i < horizon).to(rewards.dtype)
+            returns = returns + (gamma**i) * within * padded_rewards[:, i : i + time]
+        last = torch.clamp(steps + horizon - 1, max=time - 1)  # index of V(o_{t+k}) in [B, T]
+        bootstrap = values.gather(1, last) * (1.0 - terminateds.gather(1, last).to(values.dtype))
+        targets = returns + gamma ** horizon.to(values.dtype) * bootstrap
+        if rescale_eps is not None:
+            targets = h_rescale(targets, rescale_eps)
+        return targets * valid.to(targets.dtype)
