@@ -69,6 +69,9 @@ class DRQNConfig(DQNConfig):
         super().__init__(algo_class=algo_class or DRQN)
         #: "random" (paper's default), "sequential" (whole episodes) or "stored" (R2D2).
         self.update_mode = "random"
+        #: R2D2's value rescaling h(x) = sign(x)(sqrt(|x|+1)-1) + eps*x of the learned Q.
+        self.value_rescaling = False
+        self.value_rescaling_epsilon = 1e-3
         #: Sequences per learner update; the paper's minibatch is 32 sequences of 10 steps.
         self.num_sequences_per_batch = 32
         # The paper's head is one linear layer (no dueling); its optimizer clips gradients at
@@ -83,6 +86,8 @@ class DRQNConfig(DQNConfig):
         *,
         update_mode: str | None = NotProvided,
         num_sequences_per_batch: int | None = NotProvided,
+        value_rescaling: bool | None = NotProvided,
+        value_rescaling_epsilon: float | None = NotProvided,
         **kwargs: Any,
     ) -> DRQNConfig:
         """DQN's ``training()`` settings plus DRQN's.
@@ -95,13 +100,20 @@ class DRQNConfig(DQNConfig):
                 (R2D2).
             num_sequences_per_batch: Sequences per update. The train batch in timesteps is
                 this times ``max_seq_len``; do not set ``train_batch_size_per_learner``.
-            **kwargs: Any ``DQNConfig.training()`` argument.
+            value_rescaling: Learn Q in R2D2's rescaled space h(x) (Pohlen et al. 2018).
+            value_rescaling_epsilon: The eps of h(x); RLlib's former R2D2 used 1e-3.
+            **kwargs: Any ``DQNConfig.training()`` argument. ``n_step > 1`` gives n-step
+                targets computed inside each sequence (R2D2), not by the replay.
         """
         super().training(**kwargs)
         if update_mode is not NotProvided:
             self.update_mode = update_mode
         if num_sequences_per_batch is not NotProvided:
             self.num_sequences_per_batch = num_sequences_per_batch
+        if value_rescaling is not NotProvided:
+            self.value_rescaling = value_rescaling
+        if value_rescaling_epsilon is not NotProvided:
+            self.value_rescaling_epsilon = value_rescaling_epsilon
         return self
 
     @property
@@ -182,10 +194,16 @@ class DRQNConfig(DQNConfig):
                 f"num_learners={self.num_learners}. Set config.learners(num_learners=1) or use "
                 "update_mode='random'."
             )
-        if self.n_step != 1:
+        if isinstance(self.n_step, bool) or not isinstance(self.n_step, int) or self.n_step < 1:
             raise ValueError(
-                f"DRQN trains on sequences with 1-step targets; got n_step={self.n_step!r}. "
-                "Set config.training(n_step=1)."
+                f"DRQN computes n-step targets inside each sequence and needs one int n_step "
+                f">= 1; got n_step={self.n_step!r}. Set e.g. config.training(n_step=5) (R2D2) "
+                "or n_step=1 (the paper)."
+            )
+        if self.value_rescaling and not 0 < self.value_rescaling_epsilon < 1:
+            raise ValueError(
+                f"value_rescaling_epsilon must be in (0, 1), got {self.value_rescaling_epsilon!r}"
+                "; R2D2 uses 1e-3."
             )
         if self.num_atoms != 1 or self.noisy:
             raise ValueError(

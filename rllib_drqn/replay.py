@@ -115,6 +115,8 @@ class _SequenceSampling:
         ``batch_length_T=max_seq_len`` (0 for a stateless module, which gets RLlib's
         behaviour unchanged). ``DRQNConfig`` sets the train batch size to
         ``num_sequences_per_batch * max_seq_len``, so this returns that many sequences.
+        Sequences hold 1-step data whatever ``n_step`` is: DRQN's learner computes n-step
+        targets inside each sequence (``rllib_drqn.losses``).
         """
         if not (sample_episodes and batch_length_T):
             return super().sample(
@@ -126,11 +128,6 @@ class _SequenceSampling:
                 n_step=n_step,
                 beta=beta,
                 **kwargs,
-            )
-        if n_step not in (None, 1):
-            raise ValueError(
-                f"DRQN samples sequences with 1-step targets; got n_step={n_step!r}. "
-                "Set config.training(n_step=1)."
             )
         if len(self._indices) == 0:
             raise RuntimeError(

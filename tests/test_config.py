@@ -70,7 +70,13 @@ BAD_SETTINGS = [
         ValueError,
         r"num_sequences_per_batch must be a positive int, got 0",
     ),
-    (lambda c: c.training(n_step=3), ValueError, r"n_step=3.*Set config.training\(n_step=1\)"),
+    (lambda c: c.training(n_step=(1, 5)), ValueError, r"n_step=\(1, 5\).*n_step=5"),
+    (lambda c: c.training(n_step=0), ValueError, r"n_step=0.*config.training\(n_step=5\)"),
+    (
+        lambda c: c.training(value_rescaling=True, value_rescaling_epsilon=2.0),
+        ValueError,
+        r"value_rescaling_epsilon must be in \(0, 1\), got 2.0",
+    ),
     (lambda c: c.training(num_atoms=51), ValueError, r"num_atoms=51.*num_atoms=1"),
     (
         lambda c: c.training(replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer"}),

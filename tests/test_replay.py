@@ -162,11 +162,13 @@ def test_unknown_mode_raises(mode: str) -> None:
         DRQNEpisodeReplayBuffer(update_mode=mode)
 
 
-def test_n_step_other_than_one_raises() -> None:
+def test_sequences_hold_one_step_data_whatever_n_step_is() -> None:
+    """n-step targets are the learner's job (inside each sequence), not the replay's."""
     buffer = DRQNEpisodeReplayBuffer()
     buffer.add(make_episode(10))
-    with pytest.raises(ValueError, match=r"n_step=3.*n_step=1"):
-        buffer.sample(num_items=10, batch_length_T=5, sample_episodes=True, n_step=3)
+    (sequence,) = buffer.sample(num_items=5, batch_length_T=5, sample_episodes=True, n_step=3)
+    assert np.all(sequence.get_extra_model_outputs("n_step") == 1)
+    assert np.all(sequence.get_rewards() == 1.0)
 
 
 def test_each_sampled_sequence_gets_its_own_id() -> None:
