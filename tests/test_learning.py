@@ -32,9 +32,9 @@ def train_until(yaml_name: str, target: float, budget: int) -> tuple[float, floa
             result = algo.train()
             steps = result["env_runners"]["num_env_steps_sampled_lifetime"]
             mean_return = result["env_runners"].get("episode_return_mean", float("nan"))
-            curve.append(round(mean_return, 1))
+            curve.append(round(float(mean_return), 1))
             if mean_return > best:
-                best, best_at = mean_return, steps
+                best, best_at = float(mean_return), float(steps)
             if mean_return >= target:
                 break
     finally:
