@@ -77,6 +77,7 @@ from ray.rllib.utils.metrics import (
 from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
 
 from rllib_drqn import evaluate as evaluation
+from rllib_drqn.baselines import FrameStackDQNConfig
 from rllib_drqn.config import DRQNConfig, require_known_env
 from rllib_drqn.module import DRQN_MODEL_DEFAULTS
 
@@ -94,7 +95,11 @@ __all__ = [
 
 #: Algorithms a YAML ``run:`` may name. Config classes are imported directly: naming "DQN" by
 #: string through ``ray.rllib.algorithms.registry`` would import DreamerV3 (and Pillow) too.
-ALGORITHMS: Final[Mapping[str, type[AlgorithmConfig]]] = {"DRQN": DRQNConfig, "DQN": DQNConfig}
+ALGORITHMS: Final[Mapping[str, type[AlgorithmConfig]]] = {
+    "DRQN": DRQNConfig,
+    "DQN": DQNConfig,
+    "FrameStackDQN": FrameStackDQNConfig,
+}
 
 RETURN_MEAN: Final[str] = f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}"
 

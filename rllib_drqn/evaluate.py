@@ -38,6 +38,7 @@ import json
 import os
 import pickle
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -309,11 +310,20 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointSpec:
 def load_module(spec: CheckpointSpec) -> RLModule:
     """Builds the checkpoint's RLModule on the CPU, with its trained weights, in eval mode.
 
-    ``RLModule.from_checkpoint`` falls back to the abstract ``RLModule`` (with a warning) when
-    the stored class cannot be imported; :func:`inspect_checkpoint` has ruled that out.
+    This is ``RLModule.from_checkpoint`` with ``inference_only=True`` forced into the stored
+    constructor arguments (``from_checkpoint`` cannot override them for a ``TorchRLModule``,
+    whose ``__init__`` takes ``*args, **kwargs``): only an inference-only module makes
+    ``TorchRLModule.set_state`` fail on missing weights, while a full one loads with
+    ``strict=False`` and would silently keep random weights from a damaged state. Acting needs
+    no target network anyway, and env runners build their modules the same way.
     """
+    ctor_info = _load_ctor_info(
+        spec.module_path / Checkpointable.CLASS_AND_CTOR_ARGS_FILE_NAME, "RLModule"
+    )
     try:
-        module = RLModule.from_checkpoint(spec.module_path)
+        args, kwargs = ctor_info["ctor_args_and_kwargs"]
+        module = spec.module_class(*args, **{**kwargs, "inference_only": True})
+        module.restore_from_path(spec.module_path)
     except Exception as error:
         raise EvaluationError(
             f"{spec.module_path}: corrupt checkpoint, cannot restore the "
@@ -359,8 +369,15 @@ def _load_ctor_info(file: Path, what: str) -> dict[str, Any]:
 
 def _not_a_checkpoint(path: Path) -> str:
     """Says why ``path`` is no Algorithm checkpoint and, where it can, which one to pass."""
-    children = sorted(path.glob("checkpoint_*")) or sorted(path.glob("*/checkpoint_*"))
-    children = [child for child in children if _TUNE_CHECKPOINT.match(child.name)]
+    # A trial, experiment or storage directory of `rllib train file`: point at a checkpoint.
+    for pattern in ("checkpoint_*", "*/checkpoint_*", "*/*/checkpoint_*"):
+        children = [
+            child
+            for child in sorted(path.glob(pattern))
+            if child.is_dir() and _TUNE_CHECKPOINT.match(child.name)
+        ]
+        if children:
+            break
     if children:
         return (
             f"{path}: not a checkpoint but a directory of Tune results holding "
@@ -416,6 +433,7 @@ def make_env(
     if builtin_flicker:
         config["flicker_prob"] = flicker_prob
     context = EnvContext(config, worker_index=0, num_workers=0)
+    # The lookup SingleAgentEnvRunner.make_env does (Tune's registry has no public getter).
     if isinstance(env, str) and _global_registry.contains(ENV_CREATOR, env):
         made = _global_registry.get(ENV_CREATOR, env)(context)
     elif callable(env):
@@ -629,7 +647,9 @@ def write_results(
     json_path.write_text(json.dumps(document, indent=2, default=repr) + "\n", encoding="utf-8")
     figure = plot_observability(
         results,
-        title=f"{spec.name}\n{spec.algorithm} on {spec.env_name}, epsilon={epsilon:g}",
+        # Tune's trial names run to 60+ characters without a space: wrap rather than clip.
+        title=f"{textwrap.fill(spec.name, 64)}\n{spec.algorithm} on {spec.env_name}, "
+        f"epsilon={epsilon:g}",
         trained_flicker_prob=spec.trained_flicker_prob,
     )
     figure.savefig(plot_path, dpi=120)
@@ -649,7 +669,8 @@ def plot_observability(
     probability ``p``; the top axis the fraction of frames shown, ``1 - p``.
 
     Returns:
-        The ``matplotlib.figure.Figure``; its first axes' first line holds the points.
+        The ``matplotlib.figure.Figure``; ``figure.axes[0].containers[0]`` is the errorbar
+        container whose ``lines[0]`` holds the points.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -664,17 +685,20 @@ def plot_observability(
         yerr=[result.std for result in ordered],
         marker="o",
         capsize=4,
-        label=f"mean return +- std ({ordered[0].episodes} episodes per point)",
+        label=f"mean return \u00b1 std ({ordered[0].episodes} episodes per point)",
     )
     if trained_flicker_prob is not None:
         axes.axvline(
-            trained_flicker_prob, color="grey", linestyle="--", label="trained flicker prob"
+            trained_flicker_prob,
+            color="grey",
+            linestyle="--",
+            label=f"trained at flicker probability {trained_flicker_prob:g}",
         )
     axes.set_xlim(-0.05, 1.05)
     axes.set_xlabel("flicker probability p (fraction of frames blanked)")
     axes.set_ylabel("episode return")
     top = axes.secondary_xaxis("top", functions=(_one_minus, _one_minus))
-    top.set_xlabel("observability: fraction of frames shown, 1 - p")
+    top.set_xlabel("observability: fraction of frames shown, 1 \u2212 p")
     axes.set_title(title, fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
@@ -715,8 +739,9 @@ def evaluate(
         epsilon: Probability of a random action per step (default 0.05, the paper's).
         seed: Seeds the envs and the exploration (see :func:`play_episodes`).
         out_dir: Where the CSV, JSON and PNG go (default :func:`default_out_dir`).
-        video_dir: If given, one episode at the first probability is saved there as a GIF:
-            the first evaluation episode itself (same seed, same actions).
+        video_dir: If given, one episode at the first probability is saved there as a GIF
+            (its first :data:`MAX_VIDEO_FRAMES` frames): the first evaluation episode played
+            again (same seed, same actions).
         progress: Called with each probability's result as soon as it is played.
 
     Raises:
@@ -744,7 +769,7 @@ def evaluate(
 
     previous_threads = torch.get_num_threads()
     # Batch-1 inference gains nothing from intra-op threads, and on a shared machine they
-    # oversubscribe the cores (measured 30x slower on 2 busy cores).
+    # oversubscribe the cores (runs 30x slower were seen on the team's 2-core machines).
     torch.set_num_threads(1)
     try:
         results = []

@@ -75,7 +75,7 @@ BAD_INPUTS = [
         "unknown_run",
         _experiment_yaml(run="PPO"),
         [],
-        ["unknown algorithm run: 'PPO'", "['DRQN', 'DQN']"],
+        ["unknown algorithm run: 'PPO'", "['DRQN', 'DQN', 'FrameStackDQN']"],
     ),
     (
         "unknown_config_key",
@@ -241,11 +241,14 @@ def test_tuned_example_builds_the_settings_it_states(no_ray: None) -> None:
     experiment = load_experiment(EXAMPLE)
     assert (experiment.run, experiment.env) == ("DRQN", "StatelessCartPole")
     config = build_config(experiment, num_env_runners=0, num_gpus_per_learner=0)
-    assert config.lr == 0.001
-    assert config.update_mode == "random"
-    assert config.model_config["lstm_cell_size"] == 32
-    assert config.model_config["max_seq_len"] == 10
-    assert config.train_batch_size_per_learner == 16 * 10
+    stated = experiment.config
+    assert config.lr == stated["lr"]
+    assert config.update_mode == stated["update_mode"]
+    assert config.model_config["lstm_cell_size"] == stated["model_config"]["lstm_cell_size"]
+    assert config.model_config["max_seq_len"] == stated["model_config"]["max_seq_len"]
+    assert config.train_batch_size_per_learner == (
+        stated["num_sequences_per_batch"] * stated["model_config"]["max_seq_len"]
+    )
 
 
 def test_exponent_floats_and_dqn_baseline(tmp_path: Path, no_ray: None) -> None:

@@ -1,0 +1,58 @@
+"""The paper's memory-less baseline: DQN seeing the last k frames (4: Nature DQN, 10: flicker).
+
+It is RLlib's own DQN and default DQN module; the only addition is that uint8 frames are scaled
+to [0, 1] inside the module. RLlib 2.60's CNN encoder feeds the observation straight into
+``conv2d`` (``ray/rllib/core/models/torch/encoder.py``, ``TorchCNNEncoder._forward``), which
+fails on uint8 frames, and RLlib's own Atari path works around it by storing float32 frames
+(4x the replay memory). Scaling in the module keeps replay uint8, as DRQN's does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.algorithms.dqn.dqn import DQN, DQNConfig
+from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.annotations import override
+
+__all__ = ["FrameStackDQN", "FrameStackDQNConfig", "PixelDQNTorchRLModule"]
+
+#: Nature DQN's torso (Mnih et al. 2015), the same convolutions as DRQN's, then a dense 512.
+NATURE_CONV_FILTERS = [[32, 8, 4], [64, 4, 2], [64, 3, 1]]
+
+
+class PixelDQNTorchRLModule(DefaultDQNTorchRLModule):
+    """RLlib's default DQN module, with uint8 frames scaled to [0, 1] before the encoder."""
+
+    @override(DefaultDQNTorchRLModule)
+    def _qf_forward_helper(self, batch: dict[str, Any], encoder: Any, head: Any) -> dict:
+        obs = batch[Columns.OBS]
+        if isinstance(obs, torch.Tensor) and obs.dtype == torch.uint8:
+            batch = {**batch, Columns.OBS: obs.float() / 255.0}
+        return super()._qf_forward_helper(batch, encoder, head)
+
+
+class FrameStackDQNConfig(DQNConfig):
+    """``DQNConfig`` whose module scales uint8 frames: the k-frame DQN baseline on Atari.
+
+    The module spec is set on the instance (not only returned by a method), so it survives
+    Tune's ``to_dict``/``from_dict`` round trip into the trial.
+    """
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or FrameStackDQN)
+        self._rl_module_spec = RLModuleSpec(module_class=PixelDQNTorchRLModule)
+        # The paper's baseline has no dueling head; RLlib's DQN defaults to one.
+        self.dueling = False
+
+
+class FrameStackDQN(DQN):
+    """RLlib's DQN with ``FrameStackDQNConfig``'s defaults; Tune name ``"FrameStackDQN"``."""
+
+    @classmethod
+    @override(DQN)
+    def get_default_config(cls) -> FrameStackDQNConfig:
+        return FrameStackDQNConfig()
