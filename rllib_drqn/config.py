@@ -116,6 +116,17 @@ class DRQNConfig(DQNConfig):
             self.value_rescaling_epsilon = value_rescaling_epsilon
         return self
 
+    @override(DQNConfig)
+    def get_rollout_fragment_length(self, worker_index: int = 0) -> int:
+        """``"auto"`` means 1 step: n-step returns are computed inside sequences, by the learner.
+
+        RLlib's DQN sets ``"auto"`` to ``n_step`` because its replay builds n-step transitions
+        from each sampled fragment; DRQN's sequences do not need that.
+        """
+        if self.rollout_fragment_length == "auto":
+            return 1
+        return self.rollout_fragment_length
+
     @property
     def max_seq_len(self) -> int:
         return self.model_config.get("max_seq_len", DRQN_MODEL_DEFAULTS["max_seq_len"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["h_inverse", "h_rescale", "n_step_sequence_targets"]
+__all__ = ["h_inverse", "h_rescale", "n_step_sequence_targets", "sequence_td_loss"]
 
 
 def h_rescale(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -77,3 +77,59 @@ def n_step_sequence_targets(
         if rescale_eps is not None:
             targets = h_rescale(targets, rescale_eps)
         return targets * valid.to(targets.dtype)
+
+
+def sequence_td_loss(
+    *,
+    q_values: torch.Tensor,
+    next_online_q: torch.Tensor | None,
+    next_target_q: torch.Tensor,
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+    terminateds: torch.Tensor,
+    valid: torch.Tensor,
+    trained: torch.Tensor,
+    weights: torch.Tensor,
+    gamma: float,
+    n_step: int,
+    huber: bool = True,
+    rescale_eps: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """R2D2's loss over ``[B, T]`` sequences: n-step (double-)Q targets, optionally rescaled.
+
+    Args:
+        q_values: ``[B, T, A]`` online Q(o_t, .).
+        next_online_q: ``[B, T, A]`` online Q(o_{t+1}, .) for the double-Q argmax, or None
+            for the plain max over the target net.
+        next_target_q: ``[B, T, A]`` target-net Q(o_{t+1}, .).
+        actions: ``[B, T]`` actions taken.
+        rewards, terminateds: ``[B, T]``.
+        valid: ``[B, T]`` bool, False on padding (where n-step horizons end).
+        trained: ``[B, T]`` bool, the steps that carry loss (valid and past the burn-in).
+        weights: ``[B, T]`` importance-sampling weights.
+        gamma, n_step, rescale_eps: As in :func:`n_step_sequence_targets`.
+        huber: Huber loss (RLlib's default) instead of squared error.
+
+    Returns:
+        The mean loss over trained steps, the per-step ``|TD error|`` ``[B, T]`` (zero where
+        not trained, so priorities only see trained steps) and the selected Q-values.
+    """
+    q_selected = q_values.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    selector = next_target_q if next_online_q is None else next_online_q
+    best = selector.argmax(dim=-1, keepdim=True)
+    next_values = next_target_q.gather(-1, best).squeeze(-1)
+    targets = n_step_sequence_targets(
+        rewards=rewards,
+        terminateds=terminateds,
+        valid=valid,
+        next_values=next_values,
+        gamma=gamma,
+        n_step=n_step,
+        rescale_eps=rescale_eps,
+    )
+    loss_fn = torch.nn.functional.huber_loss if huber else torch.nn.functional.mse_loss
+    per_step = loss_fn(q_selected, targets, reduction="none") * weights
+    mask = trained.to(per_step.dtype)
+    loss = (per_step * mask).sum() / mask.sum().clamp(min=1.0)
+    td_error = (q_selected - targets).abs().detach() * mask
+    return loss, td_error, q_selected

@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 from rllib_drqn.baselines import NATURE_CONV_FILTERS, FrameStackDQNConfig
-from rllib_drqn.config import DRQNConfig
+from rllib_drqn.config import PRIORITIZED_REPLAY_BUFFER_TYPE, DRQNConfig
 from rllib_drqn.envs import FLICKERING_ATARI
 
-__all__ = ["dqn_frame_stack", "drqn_paper", "drqn_sequential"]
+__all__ = ["dqn_frame_stack", "drqn_paper", "drqn_sequential", "r2d2"]
 
 #: Settings shared by every Atari preset (see the module docstring for their sources).
 _ATARI_TRAINING: dict[str, Any] = {
@@ -99,4 +99,43 @@ def dqn_frame_stack(
                 "head_fcnet_hiddens": [512],
             }
         )
+    )
+
+
+def r2d2(game: str = "Pong", flicker_prob: float = 0.5) -> DRQNConfig:
+    """R2D2 (Kapturowski et al. 2019, https://openreview.net/forum?id=r1lyTjAqYX) on one machine.
+
+    From the paper: stored state with a burn-in of 40 of 80 steps, 5-step double-Q targets,
+    dueling head, prioritized sequence replay (priority exponent 0.9, eta = 0.9 max/mean mix, no
+    importance weights), value rescaling h(x), gamma 0.997, 64 sequences per update, Adam lr 1e-4
+    with eps 1e-3, target network every 2,500 updates (10k env steps at one update per 4
+    steps). eps = 1e-3 in h(x) is RLlib's former R2D2 value (the paper's could not be read).
+    Not from the paper: one env runner with 4 envs and one epsilon schedule instead of 256
+    actors with fixed epsilons (Ape-X's), and 400k replay steps instead of 1M sequences.
+    """
+    return (
+        drqn_paper(game, flicker_prob)
+        # Fragment "auto" is 1 step for DRQN: n-step returns are built inside sequences.
+        .env_runners(rollout_fragment_length="auto")
+        .training(
+            update_mode="stored",
+            burn_in_len=40,
+            n_step=5,
+            double_q=True,
+            dueling=True,
+            value_rescaling=True,
+            value_rescaling_epsilon=1e-3,
+            gamma=0.997,
+            lr=1e-4,
+            adam_epsilon=1e-3,
+            num_sequences_per_batch=64,
+            replay_buffer_config={
+                "type": PRIORITIZED_REPLAY_BUFFER_TYPE,
+                "capacity": _REPLAY_CAPACITY,
+                "alpha": 0.9,
+                "beta": 0.0,
+                "priority_eta": 0.9,
+            },
+        )
+        .rl_module(model_config={"lstm_cell_size": 512, "max_seq_len": 80})
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rllib_drqn.losses import h_inverse, h_rescale, n_step_sequence_targets
+from rllib_drqn.losses import h_inverse, h_rescale, n_step_sequence_targets, sequence_td_loss
 
 
 def brute_force_targets(rewards, terminateds, lengths, values, gamma, n):
@@ -98,3 +98,30 @@ def test_bad_n_step_raises() -> None:
             gamma=0.9,
             n_step=0,
         )
+
+
+def test_sequence_loss_only_counts_trained_steps_and_uses_double_q() -> None:
+    q = torch.zeros(1, 3, 2, requires_grad=True)
+    next_online = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]])
+    next_target = torch.tensor([[[5.0, 2.0], [5.0, 2.0], [5.0, 2.0]]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    trained = torch.tensor([[False, True, True]])  # first step is burn-in
+    loss, td, _ = sequence_td_loss(
+        q_values=q,
+        next_online_q=next_online,
+        next_target_q=next_target,
+        actions=torch.zeros(1, 3),
+        rewards=torch.zeros(1, 3),
+        terminateds=torch.zeros(1, 3, dtype=torch.bool),
+        valid=valid,
+        trained=trained,
+        weights=torch.ones(1, 3),
+        gamma=1.0,
+        n_step=1,
+        huber=False,
+    )
+    # Double-Q: the online argmax (action 1) picks the target's 2.0, not its max 5.0.
+    assert torch.allclose(td, torch.tensor([[0.0, 2.0, 2.0]]))
+    assert loss.item() == pytest.approx(4.0)
+    loss.backward()
+    assert q.grad[0, 0].abs().sum() == 0

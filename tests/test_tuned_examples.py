@@ -35,11 +35,15 @@ COMPARED = (
     "rollout_fragment_length",
     "update_mode",
     "burn_in_len",
+    "value_rescaling",
+    "value_rescaling_epsilon",
+    "adam_epsilon",
 )
 PRESET_OF = {
     "drqn_pong.yaml": lambda: presets.drqn_paper("Pong", flicker_prob=0.0),
     "drqn_flickering_pong.yaml": lambda: presets.drqn_paper("Pong", flicker_prob=0.5),
     "dqn10_flickering_pong.yaml": lambda: presets.dqn_frame_stack(10, "Pong", 0.5),
+    "r2d2_flickering_pong.yaml": lambda: presets.r2d2("Pong", flicker_prob=0.5),
 }
 
 
@@ -47,7 +51,12 @@ def _settings(config: Any) -> dict[str, Any]:
     settings = {key: getattr(config, key, None) for key in COMPARED}
     settings["env_config"] = dict(config.env_config)
     settings["epsilon"] = [list(point) for point in config.epsilon]
-    settings["replay_capacity"] = config.replay_buffer_config["capacity"]
+    buffer_config = dict(config.replay_buffer_config)
+    # update_from_dict (the YAML path) turns the type's import path into the class.
+    if isinstance(buffer_config["type"], type):
+        buffer_type = buffer_config["type"]
+        buffer_config["type"] = f"{buffer_type.__module__}.{buffer_type.__name__}"
+    settings["replay_buffer_config"] = buffer_config
     settings["model_config"] = {
         k: v for k, v in config.model_config.items() if k in config._model_config
     }
