@@ -1,9 +1,17 @@
-"""DRQN's learner: RLlib's DQN torch learner plus the state carry of sequential updates.
+"""DRQN's learner: RLlib's DQN torch learner, a non-finite guard and the sequential state carry.
 
 The loss is RLlib's own (``DQNTorchLearner.compute_loss_for_module``: double-Q, Huber, the
-sequence loss mask and its burn-in columns). What DRQN adds is the paper's *bootstrapped
-sequential* update: the LSTM state the forward pass over one chunk of an episode ends with is
-the initial state of that episode's next chunk. The buffer
+sequence loss mask and its burn-in columns). DRQN adds two things.
+
+A non-finite guard: RLlib 2.60 turns NaN/inf gradients into zeros with a log warning
+(``TorchLearner.apply_gradients``) and keeps going, so a diverging run trains on garbage for
+hours. Here the Q-values, the loss and the gradients of every update are checked before the
+optimizer step; the first non-finite one raises ``FloatingPointError`` naming the quantity, the
+update number and the settings to change, and the weights stay as the last good update left
+them.
+
+The paper's *bootstrapped sequential* update: the LSTM state the forward pass over one chunk
+of an episode ends with is the initial state of that episode's next chunk. The buffer
 (``rllib_drqn.replay.DRQNEpisodeReplayBuffer``) tags each chunk with its cursor slot and start
 step; a learner-connector piece puts the carried state into the batch, and ``compute_losses``
 keeps the states the forward pass ended with. Both run in the learner process, which is why the
@@ -17,11 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS, QF_TARGET_NEXT_PREDS
+from ray.rllib.algorithms.dqn.dqn_learner import QF_LOSS_KEY
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.connectors.common.numpy_to_tensor import NumpyToTensor
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.annotations import override
+from ray.rllib.utils.typing import ModuleID, ParamDict
 
 from rllib_drqn.module import TARGET_STATE_IN
 from rllib_drqn.replay import SEQ_SLOT, SEQ_START
@@ -103,12 +114,22 @@ def _to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
+#: What each checked quantity is, for the error message.
+_CHECKED_QUANTITIES = {
+    QF_PREDS: "the online Q-values",
+    QF_TARGET_NEXT_PREDS: "the target network's Q-values",
+    QF_LOSS_KEY: "the TD loss",
+}
+
+
 class DRQNTorchLearner(DQNTorchLearner):
-    """``DQNTorchLearner`` with the sequential-update state carry switched on by config."""
+    """``DQNTorchLearner`` with the non-finite guard and the sequential-update state carry."""
 
     @override(DQNTorchLearner)
     def build(self) -> None:
         super().build()
+        #: Updates started by this learner (the guard's error names the one that diverged).
+        self.num_updates = 0
         self.state_carry: SequentialStateCarry | None = None
         if getattr(self.config, "update_mode", "random") == "sequential":
             self.state_carry = SequentialStateCarry()
@@ -117,7 +138,73 @@ class DRQNTorchLearner(DQNTorchLearner):
 
     @override(DQNTorchLearner)
     def compute_losses(self, *, fwd_out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+        self.num_updates += 1
         losses = super().compute_losses(fwd_out=fwd_out, batch=batch)
         if self.state_carry is not None:
             self.state_carry.remember(fwd_out, batch)
         return losses
+
+    @override(DQNTorchLearner)
+    def compute_loss_for_module(
+        self,
+        *,
+        module_id: ModuleID,
+        config: Any,
+        batch: dict[str, Any],
+        fwd_out: dict[str, Any],
+    ) -> torch.Tensor:
+        loss = super().compute_loss_for_module(
+            module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
+        )
+        checked = {key: fwd_out[key] for key in (QF_PREDS, QF_TARGET_NEXT_PREDS) if key in fwd_out}
+        checked[QF_LOSS_KEY] = loss
+        # One device sync per update; the details are only worked out on failure.
+        if not bool(torch.stack([torch.isfinite(t).all() for t in checked.values()]).all()):
+            found = [_describe_non_finite(key, value) for key, value in checked.items()]
+            self._raise_diverged(module_id, [text for text in found if text])
+        return loss
+
+    @override(DQNTorchLearner)
+    def apply_gradients(self, gradients_dict: ParamDict) -> None:
+        """Refuses non-finite gradients, which RLlib would zero and step on regardless."""
+        grads = [grad for grad in gradients_dict.values() if grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            names = {
+                self.get_param_ref(param): f"{module_id}:{name}"
+                for module_id, module in self.module.items()
+                for name, param in module.named_parameters()
+            }
+            bad = [
+                names.get(ref, str(ref))
+                for ref, grad in gradients_dict.items()
+                if grad is not None and not torch.isfinite(grad).all()
+            ]
+            self._raise_diverged(
+                None,
+                [f"the gradients of {len(bad)} of {len(grads)} parameter tensors ({bad[0]}, ...)"],
+            )
+        super().apply_gradients(gradients_dict)
+
+    def _raise_diverged(self, module_id: ModuleID | None, found: list[str]) -> None:
+        where = f" (module {module_id!r})" if module_id is not None else ""
+        lr = self.config.lr
+        lr_text = f"{lr:g}" if isinstance(lr, int | float) else repr(lr)
+        raise FloatingPointError(
+            f"{'; '.join(found)} at learner update {self.num_updates}{where}: training "
+            f"diverged, so it stops here, before the optimizer step (the weights are those of "
+            f"update {self.num_updates - 1}). Lower lr (now {lr_text}) or clip gradients with "
+            f"grad_clip (now {self.config.grad_clip}), e.g. "
+            "config.training(lr=1e-4, grad_clip=10.0), and restart from the last checkpoint."
+        )
+
+
+def _describe_non_finite(key: str, value: torch.Tensor) -> str:
+    """``"qf_loss is nan"`` or ``"qf_preds (the online Q-values) hold 3 nan, 5 inf"``."""
+    nan = int(torch.isnan(value).sum())
+    inf = int(torch.isinf(value).sum())
+    if not (nan or inf):
+        return ""
+    if value.numel() == 1:
+        return f"{key} ({_CHECKED_QUANTITIES[key]}) is {'nan' if nan else 'inf'}"
+    counts = ", ".join(f"{n} {kind}" for n, kind in ((nan, "nan"), (inf, "inf")) if n)
+    return f"{key} ({_CHECKED_QUANTITIES[key]}) holds {counts} of {value.numel()} values"

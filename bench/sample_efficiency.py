@@ -1,0 +1,263 @@
+"""Sample efficiency on StatelessCartPole: env steps and wall seconds to a mean return of 450.
+
+Run (from the repository root)::
+
+    python bench/sample_efficiency.py           # 5 contenders x 3 seeds (hours on 2 CPUs)
+    python bench/sample_efficiency.py --smoke   # seconds; what CI runs
+    python bench/sample_efficiency.py --seeds 0 --max-steps 10000 \
+        --contenders "DRQN random" "RLlib use_lstm DQN"
+
+Contenders, each trained from scratch per seed with the same settings (defaults: the tuned
+example ``tuned_examples/drqn_stateless_cartpole.yaml``: a 32-unit layer, LSTM 32, sequences of
+10, 16 sequences per update, lr 1e-3, one update per 4 env steps, learning after 500 steps,
+target sync every 500 steps; DQN's default epsilon schedule):
+
+- ``DRQN random`` / ``DRQN sequential`` / ``DRQN stored``: DRQN in each update mode.
+- ``RLlib use_lstm DQN``: RLlib's own recurrent DQN at the same sizes (``bench/common.py``).
+- ``DQN (no memory)``: DQN with a 32-unit dense layer where the others have the LSTM; the
+  same number of transitions per update.
+
+A run stops when the training return, averaged over the last ``--window`` episodes
+(``env_runners/episode_return_mean``, epsilon-greedy), first reaches ``--target-return``, or at
+``--max-steps`` env steps. It is checked after every ``algo.train()`` iteration of
+``--steps-per-iteration`` env steps, which is the resolution of the step counts. Wall seconds
+count ``algo.train()`` only (not building). Per contender the table shows medians over seeds;
+a seed that never reaches the target counts as infinitely slow, so the median is "-" when
+half or more of the seeds missed it.
+
+Targets (issue 5): DRQN reaches 450 within 20,000 env steps, and >= 1.5x faster in wall time
+than the peer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    MEMORYLESS_NAME,
+    PEER_NAME,
+    Column,
+    Recurrent,
+    Shared,
+    base_parser,
+    drqn_config,
+    format_table,
+    init_ray,
+    lstm_dqn_config,
+    machine_info,
+    memoryless_dqn_config,
+    progress,
+    ratio,
+    register_bench_envs,
+    set_torch_threads,
+    write_json,
+)
+
+ENV = "StatelessCartPole"
+TARGET_STEPS = 20_000
+TARGET_WALL_RATIO = 1.5
+CONTENDERS = ("DRQN random", "DRQN sequential", "DRQN stored", PEER_NAME, MEMORYLESS_NAME)
+
+
+def parse_args(argv: list[str] | None = None) -> Any:
+    parser = base_parser(__doc__.split("\n\n")[0], "bench/out/sample_efficiency.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=CONTENDERS,
+        default=list(CONTENDERS),
+        metavar="NAME",
+        help=f"Any of {list(CONTENDERS)}.",
+    )
+    parser.add_argument("--target-return", type=float, default=450.0)
+    parser.add_argument("--window", type=int, default=10, help="Episodes in the mean return.")
+    parser.add_argument("--max-steps", type=int, default=50_000, help="Env steps per run, at most.")
+    parser.add_argument("--steps-per-iteration", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lstm-cell-size", type=int, default=32)
+    parser.add_argument("--fcnet-hiddens", type=int, nargs="+", default=[32])
+    parser.add_argument("--max-seq-len", type=int, default=10)
+    parser.add_argument("--num-sequences", type=int, default=16)
+    parser.add_argument("--rollout-fragment-length", type=int, default=4)
+    parser.add_argument("--learning-starts", type=int, default=500)
+    parser.add_argument("--target-network-update-freq", type=int, default=500)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds = [0]
+        args.max_steps = 200
+        args.steps_per_iteration = 100
+        args.learning_starts = 50
+        args.num_sequences = 4
+        # Reachable by a random policy, so the smoke run goes through the "reached" path too.
+        args.target_return = 10.0
+        args.window = 5
+    return args
+
+
+def build(name: str, args: Any, seed: int) -> Any:
+    recurrent = Recurrent(
+        lstm_cell_size=args.lstm_cell_size,
+        max_seq_len=args.max_seq_len,
+        num_sequences=args.num_sequences,
+        fcnet_hiddens=tuple(args.fcnet_hiddens),
+    )
+    shared = Shared(
+        lr=args.lr,
+        rollout_fragment_length=args.rollout_fragment_length,
+        learning_starts=args.learning_starts,
+        target_network_update_freq=args.target_network_update_freq,
+        steps_per_iteration=args.steps_per_iteration,
+        episodes_for_smoothing=args.window,
+        seed=seed,
+    )
+    if name.startswith("DRQN "):
+        update_mode = name.removeprefix("DRQN ")
+        return drqn_config(ENV, {}, recurrent, shared, update_mode=update_mode).build_algo()
+    if name == PEER_NAME:
+        return lstm_dqn_config(ENV, {}, recurrent, shared).build_algo()
+    return memoryless_dqn_config(ENV, {}, recurrent, shared).build_algo()
+
+
+def run_one(name: str, args: Any, seed: int) -> dict[str, Any]:
+    """Trains until the mean return reaches the target or the step budget is spent."""
+    algo = build(name, args, seed)
+    wall_s, env_steps, best = 0.0, 0.0, None
+    steps_to_target = wall_to_target = None
+    try:
+        while env_steps < args.max_steps:
+            start = time.perf_counter()
+            result = algo.train()
+            wall_s += time.perf_counter() - start
+            runners = result.get("env_runners", {})
+            env_steps = float(runners.get("num_env_steps_sampled_lifetime", env_steps))
+            mean_return = runners.get("episode_return_mean")
+            if mean_return is None or not math.isfinite(mean_return):
+                continue
+            best = mean_return if best is None else max(best, mean_return)
+            if mean_return >= args.target_return:
+                steps_to_target, wall_to_target = env_steps, wall_s
+                break
+    finally:
+        algo.stop()
+    return {
+        "name": name,
+        "seed": seed,
+        "reached": steps_to_target is not None,
+        "env_steps_to_target": steps_to_target,
+        "wall_s_to_target": wall_to_target,
+        "best_mean_return": best,
+        "env_steps": env_steps,
+        "wall_s": wall_s,
+        "env_steps_per_s": ratio(env_steps, wall_s),
+    }
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """Median with a missing value counted as +inf; ``None`` when the median is infinite."""
+    finite = [math.inf if v is None else v for v in values]
+    if not finite:
+        return None
+    value = statistics.median(finite)
+    return value if math.isfinite(value) else None
+
+
+def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    mine = [run for run in runs if run["name"] == name]
+    best = [run["best_mean_return"] for run in mine if run["best_mean_return"] is not None]
+    return {
+        "name": name,
+        "seeds": len(mine),
+        "reached": sum(run["reached"] for run in mine),
+        "seeds_reached": f"{sum(run['reached'] for run in mine)}/{len(mine)}",
+        "median_env_steps_to_target": median_or_none([r["env_steps_to_target"] for r in mine]),
+        "median_wall_s_to_target": median_or_none([r["wall_s_to_target"] for r in mine]),
+        "median_best_mean_return": statistics.median(best) if best else None,
+        "median_env_steps_per_s": median_or_none([r["env_steps_per_s"] for r in mine]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_torch_threads(args.torch_threads)
+    header = {
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": machine_info(),
+    }
+    init_ray()
+    register_bench_envs()
+
+    runs = []
+    # Seeds outermost: every contender gets each seed before the next, so a slow spell of the
+    # machine spreads over all of them.
+    for seed in args.seeds:
+        for name in args.contenders:
+            progress(f"{name}, seed {seed}: training (at most {args.max_steps:,} env steps)")
+            run = run_one(name, args, seed)
+            runs.append(run)
+            steps = run["env_steps_to_target"]
+            outcome = f"reached at {steps:,.0f}" if steps is not None else "missed"
+            progress(
+                f"{name}, seed {seed}: target {outcome}, best mean return "
+                f"{run['best_mean_return']} ({run['env_steps']:,.0f} env steps, "
+                f"{run['wall_s']:.1f} s)"
+            )
+
+    rows = [summarize(name, runs) for name in args.contenders]
+    peer = next((row for row in rows if row["name"] == PEER_NAME), None)
+    for row in rows:
+        # > 1: this contender reaches the target in less wall time than the peer.
+        row["wall_speedup_vs_peer"] = ratio(
+            peer and peer["median_wall_s_to_target"], row["median_wall_s_to_target"]
+        )
+        steps = row["median_env_steps_to_target"]
+        row["within_target_steps"] = steps is not None and steps <= TARGET_STEPS
+    payload = {
+        "benchmark": "sample_efficiency",
+        **header,
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "env": ENV,
+        "targets": {
+            "return": args.target_return,
+            "env_steps": TARGET_STEPS,
+            "wall_speedup_vs_peer": TARGET_WALL_RATIO,
+        },
+        "rows": rows,
+        "runs": runs,
+    }
+    path = write_json(args.out, payload)
+    print(
+        format_table(
+            f"Sample efficiency, {ENV}: to a mean return of {args.target_return:g} over "
+            f"{args.window} episodes (medians over seeds {args.seeds}; at most "
+            f"{args.max_steps:,} env steps per run)",
+            [
+                Column("name", "contender", "{}"),
+                Column("seeds_reached", "seeds reached", "{}"),
+                Column("median_env_steps_to_target", "env steps to target", "{:,.0f}"),
+                Column("median_wall_s_to_target", "wall s to target"),
+                Column("wall_speedup_vs_peer", "wall speed-up x peer", "{:.2f}x"),
+                Column("median_best_mean_return", "best mean return"),
+                Column("median_env_steps_per_s", "env steps/s"),
+            ],
+            rows,
+        )
+    )
+    print(
+        f"Targets: DRQN within {TARGET_STEPS:,} env steps, and >= {TARGET_WALL_RATIO}x faster "
+        "in wall time than the peer."
+    )
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

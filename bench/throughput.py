@@ -1,0 +1,445 @@
+"""Throughput on flickering Pong: DRQN against RLlib's own ``use_lstm`` DQN, same process.
+
+Run (from the repository root; minutes on a 2-core CPU)::
+
+    python bench/throughput.py                      # 10 rounds of 10 updates each, CPU
+    python bench/throughput.py --device cuda        # learner on the GPU (exits 0 without one)
+    python bench/throughput.py --smoke              # seconds; what CI runs
+
+What it measures, in one process with ``torch.set_num_threads(--torch-threads)``:
+
+1. **Training.** Both algorithms are built with the same LSTM size, sequence length, batch in
+   sequences, rollout length and replay capacity (``bench/common.py``). After warm-up
+   iterations (replay filled, first updates done), ``algo.train()`` iterations alternate
+   DRQN, peer, peer, DRQN, ... so machine noise hits both. Per contender: env steps sampled
+   per second, learner updates per second (counted at ``learner_group.update``) and timesteps
+   trained per second (RLlib's ``num_env_steps_trained_lifetime``), all over the summed wall
+   time of its measured iterations; and DRQN / peer for each.
+2. **Acting path alone.** ``EnvRunner.sample()`` with DRQN's module, 1 env and ``--num-envs``
+   envs (RLlib's gymnasium vector env), and with the peer's module (1 env); against the floor:
+   random actions through the same FlickeringAtari wrapper stack, and the bare ALE env
+   (``ALE/Pong-v5`` with frameskip 4, no wrappers).
+
+Target (issue 5): DRQN >= 1.5x the peer on every training rate.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    DRQN_NAME,
+    PEER_NAME,
+    Column,
+    Recurrent,
+    Shared,
+    UpdateCounter,
+    base_parser,
+    drqn_config,
+    format_table,
+    init_ray,
+    lstm_dqn_config,
+    machine_info,
+    progress,
+    ratio,
+    register_bench_envs,
+    set_torch_threads,
+    write_json,
+)
+
+TARGET_RATIO = 1.5
+RATES = ("env_steps_per_s", "updates_per_s", "timesteps_trained_per_s")
+
+
+def parse_args(argv: list[str] | None = None) -> Any:
+    parser = base_parser(__doc__.split("\n\n")[0], "bench/out/throughput.json")
+    parser.add_argument("--game", default="Pong")
+    parser.add_argument("--flicker-prob", type=float, default=0.5)
+    parser.add_argument("--lstm-cell-size", type=int, default=512)
+    parser.add_argument("--max-seq-len", type=int, default=10)
+    parser.add_argument(
+        "--num-sequences", type=int, default=3, help="Batch per update, in sequences."
+    )
+    parser.add_argument(
+        "--rollout-fragment-length",
+        type=int,
+        default=4,
+        help="Env steps sampled per update (DQN's default 1:1 round robin).",
+    )
+    parser.add_argument("--learning-starts", type=int, default=200)
+    parser.add_argument(
+        "--steps-per-iteration",
+        type=int,
+        default=40,
+        help="Env steps per algo.train() call (so updates per call = this / rollout length).",
+    )
+    parser.add_argument(
+        "--warmup-iterations",
+        type=int,
+        default=None,
+        help="Unmeasured iterations per contender; default: until learning started, plus 2.",
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=10, help="Measured iterations per contender."
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="Stop measuring after this many wall seconds (whichever comes first).",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="Env steps per acting-path measurement."
+    )
+    parser.add_argument(
+        "--num-envs", type=int, default=8, help="Envs per runner for the vector acting path."
+    )
+    parser.add_argument(
+        "--peer-padding",
+        choices=("valid", "same"),
+        default="valid",
+        help="The peer's conv padding: 'valid' is DRQN's network exactly; 'same' is what "
+        "RLlib builds from three-element conv_filters (17.0M instead of 7.55M parameters).",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.lstm_cell_size = 32
+        args.num_sequences = 2
+        args.learning_starts = 16
+        args.steps_per_iteration = 8
+        args.warmup_iterations = 3
+        args.iterations = 1
+        args.steps = 40
+        args.num_envs = 2
+    return args
+
+
+# ---- Training throughput ---------------------------------------------------------------------
+
+
+class Contender:
+    """One algorithm under measurement and the totals over its measured iterations."""
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.algo = config.build_algo()
+        self.updates = UpdateCounter(self.algo)
+        self.wall_s = 0.0
+        self.env_steps = 0.0
+        self.timesteps_trained = 0.0
+        self.num_updates = 0
+        self.iterations = 0
+        self.last_loss: float | None = None
+        self._env_steps_lifetime = 0.0
+        self._trained_lifetime = 0.0
+
+    def train(self, measure: bool) -> None:
+        updates_before = self.updates.count
+        start = time.perf_counter()
+        result = self.algo.train()
+        elapsed = time.perf_counter() - start
+        env_steps = _get(result, "env_runners", "num_env_steps_sampled_lifetime") or 0.0
+        trained = _get(result, "learners", "__all_modules__", "num_env_steps_trained_lifetime")
+        trained = trained or 0.0
+        loss = _get(result, "learners", "default_policy", "qf_loss")
+        self.last_loss = float(loss) if loss is not None else self.last_loss
+        if measure:
+            self.wall_s += elapsed
+            self.env_steps += env_steps - self._env_steps_lifetime
+            self.timesteps_trained += trained - self._trained_lifetime
+            self.num_updates += self.updates.count - updates_before
+            self.iterations += 1
+        self._env_steps_lifetime, self._trained_lifetime = env_steps, trained
+
+    def row(self) -> dict[str, Any]:
+        # The acting (inference-only) module: the network without its target copy.
+        module = self.algo.get_module()
+        return {
+            "name": self.name,
+            "parameters": sum(p.numel() for p in module.parameters()),
+            "iterations": self.iterations,
+            "wall_s": self.wall_s,
+            "env_steps": self.env_steps,
+            "updates": self.num_updates,
+            "timesteps_trained": self.timesteps_trained,
+            "env_steps_per_s": ratio(self.env_steps, self.wall_s),
+            "updates_per_s": ratio(self.num_updates, self.wall_s),
+            "timesteps_trained_per_s": ratio(self.timesteps_trained, self.wall_s),
+            "last_qf_loss": self.last_loss,
+        }
+
+
+def _get(result: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
+
+
+def measure_training(args: Any, contenders: list[Contender]) -> None:
+    warmup = args.warmup_iterations
+    if warmup is None:
+        warmup = -(-args.learning_starts // args.steps_per_iteration) + 2
+    for index in range(warmup):
+        for contender in contenders:
+            contender.train(measure=False)
+        progress(f"warm-up iteration {index + 1}/{warmup}")
+    for contender in contenders:
+        if contender.updates.count == 0:
+            raise RuntimeError(
+                f"{contender.name} made no learner update in {warmup} warm-up iterations; "
+                "raise --warmup-iterations or lower --learning-starts."
+            )
+    start = time.perf_counter()
+    for index in range(args.iterations):
+        # Alternate who goes first, so a slow spell of the machine does not favour one side.
+        for contender in contenders if index % 2 == 0 else contenders[::-1]:
+            contender.train(measure=True)
+        progress(
+            f"round {index + 1}/{args.iterations}: "
+            + ", ".join(f"{c.name} {c.num_updates} updates in {c.wall_s:.1f} s" for c in contenders)
+        )
+        if args.seconds is not None and time.perf_counter() - start > args.seconds:
+            break
+
+
+# ---- Acting path ---------------------------------------------------------------------------
+
+
+def time_env_runner(config: Any, steps: int, runner: Any = None) -> dict[str, Any]:
+    """Env steps per second of ``EnvRunner.sample()`` (module forward, connectors, env)."""
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    runner = runner or SingleAgentEnvRunner(config=config)
+    runner.sample(num_timesteps=max(1, steps // 10), random_actions=False)  # warm-up
+    start = time.perf_counter()
+    episodes = runner.sample(num_timesteps=steps, random_actions=False)
+    elapsed = time.perf_counter() - start
+    num_steps = sum(len(episode) for episode in episodes)
+    return {"env_steps": num_steps, "wall_s": elapsed, "env_steps_per_s": num_steps / elapsed}
+
+
+def time_bare_env(make_env: Any, steps: int, seed: int) -> dict[str, Any]:
+    """Agent steps per second with random actions and no model: the floor of the acting path."""
+    env = make_env()
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    elapsed = time.perf_counter() - start
+    env.close()
+    return {"env_steps": steps, "wall_s": elapsed, "env_steps_per_s": steps / elapsed}
+
+
+def measure_acting(
+    args: Any, env_config: dict[str, Any], drqn: Contender, peer: Contender | None, make: Any
+) -> list[dict[str, Any]]:
+    import gymnasium as gym
+
+    from rllib_drqn.envs import make_flickering_atari, validate_flickering_atari_config
+
+    game_id = validate_flickering_atari_config(env_config)["game"]
+    rows = [
+        {
+            "name": f"bare ALE ({game_id}, frameskip 4, no wrappers)",
+            "num_envs": 1,
+            **time_bare_env(lambda: gym.make(game_id, frameskip=4), args.steps, args.seed),
+        },
+        {
+            "name": "FlickeringAtari wrapper stack, random actions",
+            "num_envs": 1,
+            **time_bare_env(lambda: make_flickering_atari(env_config), args.steps, args.seed),
+        },
+    ]
+    progress("acting path: bare env rates done")
+    rows.append(
+        {
+            "name": f"{DRQN_NAME} env runner",
+            "num_envs": 1,
+            **time_env_runner(None, args.steps, runner=drqn.algo.env_runner),
+        }
+    )
+    vector_config = make(num_envs=args.num_envs)
+    rows.append(
+        {
+            "name": f"{DRQN_NAME} env runner (gymnasium SyncVectorEnv)",
+            "num_envs": args.num_envs,
+            **time_env_runner(vector_config, args.steps),
+        }
+    )
+    if peer is not None:
+        rows.append(
+            {
+                "name": f"{peer.name} env runner",
+                "num_envs": 1,
+                **time_env_runner(None, args.steps, runner=peer.algo.env_runner),
+            }
+        )
+    progress("acting path: env runners done")
+    floor = rows[0]["env_steps_per_s"]
+    peer_rate = rows[-1]["env_steps_per_s"] if peer is not None else None
+    for row in rows:
+        row["share_of_ale_floor"] = ratio(row["env_steps_per_s"], floor)
+        row["ratio_vs_peer"] = ratio(row["env_steps_per_s"], peer_rate)
+    return rows
+
+
+# ---- Main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_torch_threads(args.torch_threads)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        message = (
+            "No CUDA GPU found (torch.cuda.is_available() is False): the GPU throughput bench "
+            "needs one. Nothing was measured; run without --device cuda for the CPU bench."
+        )
+        print(message)
+        write_json(args.out, {"benchmark": "throughput", "skipped": message, **_header(args)})
+        return 0
+
+    header = _header(args)
+    init_ray()
+    register_bench_envs()
+    env_config = {"game": args.game, "flicker_prob": args.flicker_prob}
+    recurrent = Recurrent(
+        lstm_cell_size=args.lstm_cell_size,
+        max_seq_len=args.max_seq_len,
+        num_sequences=args.num_sequences,
+    )
+
+    def shared(num_envs: int = 1) -> Shared:
+        return Shared(
+            rollout_fragment_length=args.rollout_fragment_length,
+            num_envs_per_env_runner=num_envs,
+            learning_starts=args.learning_starts,
+            steps_per_iteration=args.steps_per_iteration,
+            replay_capacity=50_000,
+            seed=args.seed,
+            num_gpus_per_learner=1 if args.device == "cuda" else 0,
+        )
+
+    def make_drqn(num_envs: int = 1) -> Any:
+        return drqn_config("FlickeringAtari", env_config, recurrent, shared(num_envs))
+
+    notes = [
+        f"{PEER_NAME}: RLlib's EpisodeReplayBuffer (the default prioritized buffer crashes for "
+        "stateful modules in Ray 2.60); float32 frames in [0, 1] (its CNN does not cast "
+        "uint8); train_batch_size_per_learner = num_sequences * (max_seq_len + 1), as RLlib "
+        "counts T+1 timesteps per sequence; 1 env per runner (with more, RLlib's default DQN "
+        "module broadcasts actions to [B, B] and crashes), so its vector acting path is not "
+        f"measured; conv padding {args.peer_padding!r}.",
+        "Both: env runner in the driver process, local learner, same rollout length, one "
+        "update per rollout (DQN's default training intensity), no dueling, double-Q.",
+        "Timesteps trained are RLlib's num_env_steps_trained_lifetime (rows of the padded "
+        "[B, T] train batch).",
+    ]
+    progress(f"building {DRQN_NAME} and {PEER_NAME} on flickering {args.game}")
+    drqn = Contender(DRQN_NAME, make_drqn())
+    peer_error = None
+    try:
+        peer_name = PEER_NAME if args.peer_padding == "valid" else f"{PEER_NAME}, 'same' pad"
+        peer: Contender | None = Contender(
+            peer_name,
+            lstm_dqn_config("FlickeringAtari", env_config, recurrent, shared(), args.peer_padding),
+        )
+    except Exception as error:  # Recorded: a peer that cannot run is a result too.
+        peer, peer_error = None, f"{type(error).__name__}: {error}"
+        progress(f"{PEER_NAME} failed to build: {peer_error}")
+
+    measure_training(args, [drqn] if peer is None else [drqn, peer])
+    training_rows = [drqn.row()] + ([peer.row()] if peer is not None else [])
+    peer_row = training_rows[1] if peer is not None else None
+    for row in training_rows:
+        for rate in RATES:
+            row[f"{rate}_ratio_vs_peer"] = ratio(row[rate], peer_row and peer_row[rate])
+    ratios = {rate: training_rows[0][f"{rate}_ratio_vs_peer"] for rate in RATES}
+    target_met = None if peer is None else all((r or 0) >= TARGET_RATIO for r in ratios.values())
+
+    acting_rows = measure_acting(args, env_config, drqn, peer, make_drqn)
+    for contender in (drqn, peer):
+        if contender is not None:
+            contender.algo.stop()
+
+    payload = {
+        "benchmark": "throughput",
+        **header,
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "notes": notes,
+        "peer_error": peer_error,
+        "training": {
+            "rows": training_rows,
+            "ratio_drqn_vs_peer": ratios,
+            "target_ratio": TARGET_RATIO,
+            "target_met": target_met,
+        },
+        "acting": {"rows": acting_rows},
+    }
+    path = write_json(args.out, payload)
+
+    budget = (
+        f"{drqn.iterations} measured iterations each of {args.steps_per_iteration} env steps; "
+        f"LSTM {args.lstm_cell_size}, sequences of {args.max_seq_len}, "
+        f"{args.num_sequences} sequences per update; learner on {args.device}"
+    )
+    print(
+        format_table(
+            f"Training throughput, flickering {args.game} ({budget})",
+            [
+                Column("name", "contender", "{}"),
+                Column("env_steps_per_s", "env steps/s"),
+                Column("updates_per_s", "updates/s", "{:,.2f}"),
+                Column("timesteps_trained_per_s", "timesteps trained/s"),
+                Column("env_steps_per_s_ratio_vs_peer", "env steps x peer", "{:.2f}x"),
+                Column("updates_per_s_ratio_vs_peer", "updates x peer", "{:.2f}x"),
+                Column("timesteps_trained_per_s_ratio_vs_peer", "trained x peer", "{:.2f}x"),
+                Column("wall_s", "wall s"),
+                Column("parameters", "parameters", "{:,}"),
+            ],
+            training_rows,
+        )
+    )
+    verdict = "met" if target_met else "not met" if target_met is False else "not measured"
+    print(f"Target: DRQN >= {TARGET_RATIO}x the peer on every rate: {verdict}.")
+    if peer_error:
+        print(f"{PEER_NAME} could not run: {peer_error}")
+    print()
+    print(
+        format_table(
+            f"Acting path alone ({args.steps} env steps per row, random-action floor first)",
+            [
+                Column("name", "path", "{}"),
+                Column("num_envs", "envs", "{}"),
+                Column("env_steps_per_s", "env steps/s"),
+                Column("share_of_ale_floor", "of bare ALE", "{:.0%}"),
+                Column("ratio_vs_peer", "x peer", "{:.2f}x"),
+            ],
+            acting_rows,
+        )
+    )
+    print(f"\nJSON: {path}")
+    return 0
+
+
+def _header(args: Any) -> dict[str, Any]:
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    return {"settings": settings, "machine": machine_info()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The bench/ scripts run end to end on a tiny budget (``--smoke``).
+
+Benchmarks are not timed tests: these check that each script runs, prints its table and writes
+JSON holding finite numbers. The one number asserted is a property, not a timing: replay
+without the LSTM state stays within 7.5 KB per 84x84 step and keeps less than replay with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_smoke(script: str, tmp_path: Path, *extra: str) -> tuple[str, dict[str, Any]]:
+    out = tmp_path / f"{script}.json"
+    completed = subprocess.run(
+        [sys.executable, f"bench/{script}.py", "--smoke", "--out", str(out), *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    print(completed.stdout)
+    return completed.stdout, json.loads(out.read_text())
+
+
+def assert_table(stdout: str, header: str, names: list[str]) -> None:
+    """The table's header line, its dashed rule and one row per contender are printed."""
+    lines = stdout.splitlines()
+    header_index = next(i for i, line in enumerate(lines) if line.startswith(header))
+    assert set(lines[header_index + 1].replace(" ", "")) == {"-"}
+    rows = lines[header_index + 2 : header_index + 2 + len(names)]
+    for name, row in zip(names, rows, strict=True):
+        assert row.startswith(name), (name, row)
+
+
+def assert_finite_numbers(row: dict[str, Any], keys: list[str]) -> None:
+    for key in keys:
+        value = row[key]
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        assert math.isfinite(value), (key, value)
+
+
+def test_memory_smoke_meets_the_replay_target(tmp_path: Path) -> None:
+    stdout, result = run_smoke("memory", tmp_path)
+    names = ["DRQN random", "DRQN sequential", "DRQN stored", "RLlib use_lstm DQN"]
+    assert_table(stdout, "contender", names)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == names
+    for row in rows.values():
+        assert_finite_numbers(
+            row, ["bytes_per_step", "array_bytes_per_step", "peak_rss_mb", "ratio_vs_peer"]
+        )
+    # A property of what is stored, not a timing: 84x84 uint8 frames without the LSTM state.
+    assert rows["DRQN random"]["bytes_per_step"] <= result["target_bytes_per_step"] == 7_500
+    assert rows["DRQN stored"]["bytes_per_step"] > rows["DRQN random"]["bytes_per_step"]
+    assert not rows["DRQN random"]["stores_lstm_state"]
+    assert rows["DRQN stored"]["stores_lstm_state"]
+    assert rows["DRQN random"]["frame_dtype"] == "uint8"
+
+
+def test_throughput_smoke_measures_both_contenders(tmp_path: Path) -> None:
+    stdout, result = run_smoke("throughput", tmp_path)
+    assert result["peer_error"] is None
+    assert_table(stdout, "contender", ["DRQN", "RLlib use_lstm DQN"])
+    training = result["training"]
+    for row in training["rows"]:
+        assert_finite_numbers(
+            row, ["env_steps_per_s", "updates_per_s", "timesteps_trained_per_s", "wall_s"]
+        )
+        assert row["updates"] > 0
+    assert_finite_numbers(training["ratio_drqn_vs_peer"], list(training["ratio_drqn_vs_peer"]))
+    assert_table(stdout, "path", ["bare ALE", "FlickeringAtari", "DRQN", "DRQN", "RLlib"])
+    for row in result["acting"]["rows"]:
+        assert_finite_numbers(row, ["env_steps_per_s", "share_of_ale_floor", "ratio_vs_peer"])
+
+
+def test_throughput_on_cuda_says_so_without_a_gpu(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present; test_throughput_smoke covers the measuring path")
+    stdout, result = run_smoke("throughput", tmp_path, "--device", "cuda")
+    assert "No CUDA GPU found" in stdout
+    assert "skipped" in result
+
+
+def test_sample_efficiency_smoke_runs_every_contender(tmp_path: Path) -> None:
+    stdout, result = run_smoke("sample_efficiency", tmp_path)
+    names = [
+        "DRQN random",
+        "DRQN sequential",
+        "DRQN stored",
+        "RLlib use_lstm DQN",
+        "DQN (no memory)",
+    ]
+    assert_table(stdout, "contender", names)
+    assert [row["name"] for row in result["rows"]] == names
+    for run in result["runs"]:
+        assert_finite_numbers(run, ["env_steps", "wall_s", "env_steps_per_s"])
+    # The smoke target (a return of 10) is within a random policy's reach, so the
+    # "reached" path is exercised: every median is a number.
+    for row in result["rows"]:
+        assert_finite_numbers(row, ["median_env_steps_to_target", "median_wall_s_to_target"])
+        assert row["wall_speedup_vs_peer"] is not None
