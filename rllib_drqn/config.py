@@ -25,7 +25,13 @@ from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQ
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.utils.annotations import override
 
-from rllib_drqn.envs import FLICKERING_ATARI, validate_flickering_atari_config
+from rllib_drqn.checkpoints import ReplayCheckpointing
+from rllib_drqn.envs import (
+    FLICKERING_ATARI,
+    STATELESS_CARTPOLE,
+    make_stateless_cartpole,
+    validate_flickering_atari_config,
+)
 from rllib_drqn.learner import DRQNTorchLearner
 from rllib_drqn.module import DRQN_MODEL_DEFAULTS, DRQNTorchRLModule, resolve_model_config
 from rllib_drqn.replay import (
@@ -182,6 +188,7 @@ class DRQNConfig(DQNConfig):
                 f"N * max_seq_len timesteps (now {self.num_sequences_per_batch} * "
                 f"{self.max_seq_len})."
             )
+        _require_positive_int("max_seq_len", self.max_seq_len)
         if not isinstance(self.burn_in_len, int) or self.burn_in_len < 0:
             raise ValueError(
                 f"burn_in_len must be an int >= 0, got {self.burn_in_len!r}; "
@@ -279,6 +286,8 @@ class DRQNConfig(DQNConfig):
     def _validate_env_settings(self) -> None:
         if self.env == FLICKERING_ATARI:
             validate_flickering_atari_config(dict(self.env_config))
+        elif self.env == STATELESS_CARTPOLE:
+            make_stateless_cartpole(dict(self.env_config)).close()  # cheap; checks the keys
         elif isinstance(self.env, str):
             require_known_env(self.env)
 
@@ -313,7 +322,7 @@ def require_known_env(env_id: str) -> None:
     )
 
 
-class DRQN(DQN):
+class DRQN(ReplayCheckpointing, DQN):
     """RLlib's DQN with DRQN's defaults and replay; registered with Tune as ``"DRQN"``."""
 
     @classmethod

@@ -25,15 +25,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS, QF_TARGET_NEXT_PREDS
-from ray.rllib.algorithms.dqn.dqn_learner import QF_LOSS_KEY
+from ray.rllib.algorithms.dqn.default_dqn_rl_module import (
+    QF_NEXT_PREDS,
+    QF_PREDS,
+    QF_TARGET_NEXT_PREDS,
+)
+from ray.rllib.algorithms.dqn.dqn_learner import QF_LOSS_KEY, QF_MEAN_KEY
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.connectors.common.numpy_to_tensor import NumpyToTensor
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import TD_ERROR_KEY
 from ray.rllib.utils.typing import ModuleID, ParamDict
 
+from rllib_drqn.losses import sequence_td_loss
 from rllib_drqn.module import TARGET_STATE_IN
 from rllib_drqn.replay import SEQ_SLOT, SEQ_START
 
@@ -153,15 +159,55 @@ class DRQNTorchLearner(DQNTorchLearner):
         batch: dict[str, Any],
         fwd_out: dict[str, Any],
     ) -> torch.Tensor:
-        loss = super().compute_loss_for_module(
-            module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
-        )
+        if config.n_step > 1 or getattr(config, "value_rescaling", False):
+            loss = self._sequence_loss(module_id, config, batch, fwd_out)
+        else:
+            loss = super().compute_loss_for_module(
+                module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
+            )
         checked = {key: fwd_out[key] for key in (QF_PREDS, QF_TARGET_NEXT_PREDS) if key in fwd_out}
         checked[QF_LOSS_KEY] = loss
         # One device sync per update; the details are only worked out on failure.
         if not bool(torch.stack([torch.isfinite(t).all() for t in checked.values()]).all()):
             found = [_describe_non_finite(key, value) for key, value in checked.items()]
             self._raise_diverged(module_id, [text for text in found if text])
+        return loss
+
+    def _sequence_loss(
+        self, module_id: ModuleID, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
+    ) -> torch.Tensor:
+        """R2D2's loss: n-step targets inside each sequence, optionally value-rescaled.
+
+        RLlib's loss only knows 1-step targets for sequences (its replay asserts
+        ``n_step == 1`` when it samples them), hence this branch; ``rllib_drqn.losses`` holds
+        the arithmetic.
+        """
+        valid = batch[Columns.LOSS_MASK].bool()
+        trained = valid.clone()
+        trained[:, : config.burn_in_len] = False
+        loss, td_error, q_selected = sequence_td_loss(
+            q_values=fwd_out[QF_PREDS],
+            next_online_q=fwd_out.get(QF_NEXT_PREDS) if config.double_q else None,
+            next_target_q=fwd_out[QF_TARGET_NEXT_PREDS],
+            actions=batch[Columns.ACTIONS],
+            rewards=batch[Columns.REWARDS],
+            terminateds=batch[Columns.TERMINATEDS],
+            valid=valid,
+            trained=trained,
+            weights=batch["weights"],
+            gamma=config.gamma,
+            n_step=config.n_step,
+            huber=config.td_error_loss_fn == "huber",
+            rescale_eps=config.value_rescaling_epsilon if config.value_rescaling else None,
+        )
+        # Per-step TD errors (zero off the trained steps) feed the replay priorities, as
+        # DQNTorchLearner logs them.
+        self.metrics.log_value(key=(module_id, TD_ERROR_KEY), value=td_error, reduce="item_series")
+        self.metrics.log_dict(
+            {QF_LOSS_KEY: loss, QF_MEAN_KEY: q_selected[trained].mean()},
+            key=module_id,
+            window=1,
+        )
         return loss
 
     @override(DQNTorchLearner)

@@ -496,7 +496,7 @@ BAD_INPUTS = [
     ),
 ]
 
-#: Inputs that should be refused in the driver but are not yet (see the xfail reasons).
+#: Inputs refused by DRQNConfig.validate() in the driver (added after the first table).
 KNOWN_GAPS = [
     pytest.param(
         BadInput(
@@ -505,11 +505,6 @@ KNOWN_GAPS = [
             r"'flicker'.*'flicker_prob'",
         ),
         id="config-cartpole-env_config-unknown-key",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="DRQNConfig.validate() checks only FlickeringAtari's env_config; "
-            "StatelessCartPole's fails later, in the env runner",
-        ),
     ),
     pytest.param(
         BadInput(
@@ -518,11 +513,6 @@ KNOWN_GAPS = [
             r"max_seq_len.*must be a positive int, got 0",
         ),
         id="config-max_seq_len-zero",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="validate() compares burn_in_len with max_seq_len=0 before checking "
-            "max_seq_len, so the message is about burn_in_len",
-        ),
     ),
 ]
 

@@ -25,8 +25,8 @@ import ray
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
 
-from rllib_drqn import DRQN, DRQNConfig
-from rllib_drqn.checkpoints import REPLAY_STATE_KEY, ReplayCheckpointing, load_algorithm
+from rllib_drqn import DRQNConfig
+from rllib_drqn.checkpoints import REPLAY_STATE_KEY, load_algorithm
 
 # Two shared cores: intra-op threads only oversubscribe them (measured 30x slower).
 torch.set_num_threads(1)
@@ -167,11 +167,6 @@ def test_checkpoint_restores_in_a_fresh_process_and_training_continues(
     assert snapshot(checkpoint) == before
 
 
-@pytest.mark.skipif(
-    not issubclass(DRQN, ReplayCheckpointing),
-    reason="DRQN does not mix in rllib_drqn.checkpoints.ReplayCheckpointing yet "
-    "(rllib_drqn/config.py: class DRQN(ReplayCheckpointing, DQN))",
-)
 def test_replay_comes_back_with_store_buffer_in_checkpoints(build: Any, tmp_path: Path) -> None:
     algo = build(tiny_config(store_buffer_in_checkpoints=True))
     algo.train()

@@ -211,3 +211,29 @@ def test_burn_in_steps_carry_zero_loss_weight(train_and_record) -> None:
     trained_changed[:, 2:] += 100.0
     assert loss_with_rewards(burn_in_changed) == pytest.approx(base, rel=1e-6)
     assert loss_with_rewards(trained_changed) > base + 1.0
+
+
+def test_r2d2_settings_train_with_n_step_rescaled_targets_and_priorities(train_and_record) -> None:
+    """Stored state + burn-in, 3-step double-Q, value rescaling, prioritized sequences."""
+    from rllib_drqn.config import PRIORITIZED_REPLAY_BUFFER_TYPE
+
+    config = small_config(
+        "stored",
+        burn_in_len=2,
+        n_step=3,
+        value_rescaling=True,
+        dueling=True,
+        replay_buffer_config={
+            "type": PRIORITIZED_REPLAY_BUFFER_TYPE,
+            "capacity": 5000,
+            "alpha": 0.9,
+            "beta": 0.0,
+        },
+    )
+    algo, recorder = train_and_record(config)
+    buffer = algo.local_replay_buffer
+    assert type(buffer).__name__ == "DRQNPrioritizedEpisodeReplayBuffer"
+    # New steps enter at priority 1.0; sampled starts got priorities from the TD errors.
+    assert buffer._sum_segment.sum() != pytest.approx(buffer.get_num_timesteps())
+    # The learner's non-finite guard would have raised; the recorded Q-values are finite.
+    assert np.isfinite(recorder.calls[-1][1]["qf_preds"]).all()
