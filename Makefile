@@ -3,7 +3,7 @@
 #   make test    # builds .venv if needed, then runs the test suite (what CI runs)
 VENV ?= .venv
 PYTHON ?= python3
-# The CPU build that the team's machines keep on disk; any torch>=2.4 works (e.g. TORCH_SPEC=torch).
+# The CPU build that the team's machines keep on disk; any torch>=2.6 works (e.g. TORCH_SPEC=torch).
 TORCH_SPEC ?= torch==2.13.0
 TRAIN_YAML ?= tuned_examples/drqn_stateless_cartpole.yaml
 PYTEST_ARGS ?= -m "not slow"

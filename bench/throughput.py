@@ -64,7 +64,10 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--lstm-cell-size", type=int, default=512)
     parser.add_argument("--max-seq-len", type=int, default=10)
     parser.add_argument(
-        "--num-sequences", type=int, default=3, help="Batch per update, in sequences."
+        "--num-sequences",
+        type=int,
+        default=32,
+        help="Batch per update, in sequences (32: the paper's and the Pong tuned examples').",
     )
     parser.add_argument(
         "--rollout-fragment-length",

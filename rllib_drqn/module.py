@@ -270,6 +270,12 @@ class DRQNTorchRLModule(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyA
         1..T give the double-Q argmax. ``burn_in_len`` steps (R2D2) only warm the online
         state up: they run without gradient and their Q-values are zeros that the learner
         masks out (``DQNTorchLearner`` zeroes the first ``burn_in_len`` mask columns).
+
+        A batch with ``TARGET_STATE_IN`` comes from sequential updates, which carry states
+        from chunk to chunk: only then are the states after the T trained steps returned
+        (``STATE_OUT`` online, ``NEXT_STATE_OUT`` target). Getting them costs a second LSTM
+        call per net (T steps, then the last one), measured 30% of a Pong update with 3
+        sequences on a CPU, so the other modes make one call over T+1 steps.
         """
         if self.inference_only:
             raise RuntimeError(
@@ -280,44 +286,57 @@ class DRQNTorchRLModule(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyA
         next_obs = self._check_obs(batch[Columns.NEXT_OBS])
         frames = self._preprocess(torch.cat([obs[:, :1], next_obs], dim=1))
         seq_len = obs.shape[1]
+        carries_state = TARGET_STATE_IN in batch
         online_state = LSTMState.from_dict(batch[Columns.STATE_IN])
         target_state = LSTMState.from_dict(batch.get(TARGET_STATE_IN, batch[Columns.STATE_IN]))
+        state_after = seq_len if carries_state else None
 
-        q_online, online_final = self._unroll_with_burn_in(frames, online_state, seq_len)
+        q_online, online_final = self._unroll_with_burn_in(frames, online_state, state_after)
         with torch.no_grad():
-            q_target, target_final = self._unroll(self._target_q_net, frames, target_state, seq_len)
+            q_target, target_final = self._unroll(
+                self._target_q_net, frames, target_state, state_after
+            )
 
         output = {
             QF_PREDS: q_online[:, :seq_len],
             QF_TARGET_NEXT_PREDS: q_target[:, 1:],
-            # The state after the last of the T steps (before o_T), for sequential updates.
-            Columns.STATE_OUT: online_final.detach().as_dict(),
-            Columns.NEXT_STATE_OUT: target_final.as_dict(),
         }
+        if carries_state:
+            output[Columns.STATE_OUT] = online_final.detach().as_dict()
+            output[Columns.NEXT_STATE_OUT] = target_final.as_dict()
         if self.uses_double_q:
             output[QF_NEXT_PREDS] = q_online[:, 1:].detach()
         return output
 
     @staticmethod
     def _unroll(
-        net: _RecurrentQNet, frames: torch.Tensor, state: LSTMState, seq_len: int
-    ) -> tuple[torch.Tensor, LSTMState]:
-        """Q-values over ``frames`` (T+1 steps) and the LSTM state after the first T steps."""
+        net: _RecurrentQNet, frames: torch.Tensor, state: LSTMState, state_after: int | None
+    ) -> tuple[torch.Tensor, LSTMState | None]:
+        """Q-values over ``frames`` and, if ``state_after`` is given, the state after that step.
+
+        Without ``state_after`` the LSTM runs as one call over all steps (cuDNN's whole
+        sequence on a GPU), and no state is returned.
+        """
         features = net.embed(frames)
-        out_head, state_at_t = net.recur(features[:, :seq_len], state)
-        out_tail, _ = net.recur(features[:, seq_len:], state_at_t)
-        return net.q_values(torch.cat([out_head, out_tail], dim=1)), state_at_t
+        if state_after is None:
+            out, _ = net.recur(features, state)
+            return net.q_values(out), None
+        out_head, state_at = net.recur(features[:, :state_after], state)
+        out_tail, _ = net.recur(features[:, state_after:], state_at)
+        return net.q_values(torch.cat([out_head, out_tail], dim=1)), state_at
 
     def _unroll_with_burn_in(
-        self, frames: torch.Tensor, state: LSTMState, seq_len: int
-    ) -> tuple[torch.Tensor, LSTMState]:
+        self, frames: torch.Tensor, state: LSTMState, state_after: int | None
+    ) -> tuple[torch.Tensor, LSTMState | None]:
+        seq_len = frames.shape[1] - 1
         burn_in = min(self.burn_in_len, seq_len - 1)
         if burn_in <= 0:
-            return self._unroll(self.q_net, frames, state, seq_len)
+            return self._unroll(self.q_net, frames, state, state_after)
         # R2D2 (Kapturowski et al. 2019): burn-in steps neither carry loss nor gradient.
         with torch.no_grad():
             _, state = self.q_net.recur(self.q_net.embed(frames[:, :burn_in]), state)
-        q_values, final = self._unroll(self.q_net, frames[:, burn_in:], state, seq_len - burn_in)
+        rest_after = None if state_after is None else state_after - burn_in
+        q_values, final = self._unroll(self.q_net, frames[:, burn_in:], state, rest_after)
         padding = torch.zeros_like(q_values[:, :burn_in])
         return torch.cat([padding, q_values], dim=1), final
 

@@ -120,9 +120,34 @@ def test_forward_train_matches_separate_online_and_target_passes() -> None:
     assert torch.allclose(out["qf_next_preds"], full[:, 1:], atol=1e-5)
     assert torch.allclose(out["qf_target_next_preds"], target[:, 1:], atol=1e-5)
     assert not torch.allclose(out["qf_target_next_preds"], full[:, 1:], atol=1e-3)
+    # No carry asked for (random and stored updates): one LSTM call, no state returned.
+    assert Columns.STATE_OUT not in out and Columns.NEXT_STATE_OUT not in out
+
+
+def test_forward_train_returns_the_state_after_t_steps_when_carrying() -> None:
+    """Sequential updates (a TARGET_STATE_IN in the batch) get the states after T steps."""
+    module = build()
+    with torch.no_grad():
+        for param in module._target_q_net.parameters():
+            param.add_(0.1)
+    obs_seq = torch.randn(4, 6, 2)
+    state, target_state = random_state(module, 4, 0), random_state(module, 4, 1)
+    batch = {Columns.OBS: obs_seq[:, :5], Columns.NEXT_OBS: obs_seq[:, 1:]}
+    carried = module.forward_train(
+        {**batch, Columns.STATE_IN: state, TARGET_STATE_IN: target_state}
+    )
     # The state after the 5 trained steps, not after the extra next-observation step.
-    after_five = module.compute_q_values({Columns.OBS: obs_seq[:, :5], Columns.STATE_IN: state})
-    assert torch.allclose(out[Columns.STATE_OUT]["h"], after_five[Columns.STATE_OUT]["h"])
+    first_five = {Columns.OBS: obs_seq[:, :5]}
+    after_five = module.compute_q_values({**first_five, Columns.STATE_IN: state})
+    target_after_five = module.forward_target({**first_five, Columns.STATE_IN: target_state})
+    for key in ("h", "c"):
+        assert torch.allclose(carried[Columns.STATE_OUT][key], after_five[Columns.STATE_OUT][key])
+        assert torch.allclose(
+            carried[Columns.NEXT_STATE_OUT][key], target_after_five[Columns.STATE_OUT][key]
+        )
+    # The Q-values are those of the one-call path.
+    plain = module.forward_train({**batch, Columns.STATE_IN: state})
+    assert torch.allclose(carried["qf_preds"], plain["qf_preds"], atol=1e-5)
 
 
 def test_target_net_can_start_from_its_own_state() -> None:

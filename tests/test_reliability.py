@@ -295,3 +295,19 @@ def test_soak_script_records_rss_while_training(tmp_path: Path) -> None:
     assert samples[-1]["replay_timesteps"] > 0
     assert {"rss_growth_mb_per_hour_after_fill", "replay_filled_at_s"} <= set(report["summary"])
     assert "RSS MB" in completed.stdout
+
+
+def test_gradient_check_finds_one_bad_value_and_tolerates_an_overflowing_norm() -> None:
+    """The guard's fused norm: one NaN/inf anywhere fails; huge finite values still pass."""
+    from rllib_drqn.learner import _all_finite
+
+    grads = [torch.randn(64, 32), torch.randn(2048, 3136), torch.randn(6)]
+    assert _all_finite(grads)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        damaged = [g.clone() for g in grads]
+        damaged[1][1000, 17] = bad
+        assert not _all_finite(damaged), bad
+    # Finite, but the sum of squares overflows float32: the exact check decides.
+    huge = [torch.full((1000,), 3e37), torch.ones(3)]
+    assert not torch.isfinite(torch.nn.utils.get_total_norm(huge))
+    assert _all_finite(huge)
