@@ -152,6 +152,11 @@ class Shared:
     episodes_for_smoothing: int = 100
     seed: int = 0
     num_gpus_per_learner: int = 0
+    #: n-step targets. RLlib's sequence replay (``EpisodeReplayBuffer.sample`` with
+    #: ``batch_length_T > 0``) asserts ``n_step == 1``, so the use_lstm peer always gets 1.
+    n_step: int = 1
+    #: Epsilon schedule ``[[step, value], ...]``; ``None`` keeps DQN's default.
+    epsilon: tuple[tuple[int, float], ...] | None = None
 
 
 def _apply_shared(config: Any, shared: Shared) -> Any:
@@ -173,17 +178,20 @@ def _apply_shared(config: Any, shared: Shared) -> Any:
     )
 
 
-def _shared_training(shared: Shared) -> dict[str, Any]:
+def _shared_training(shared: Shared, n_step: int | None = None) -> dict[str, Any]:
     # DRQN's defaults (the paper's): one linear head, double-Q, gradients clipped at 10.
-    return {
+    training = {
         "lr": shared.lr,
         "num_steps_sampled_before_learning_starts": shared.learning_starts,
         "target_network_update_freq": shared.target_network_update_freq,
         "double_q": True,
         "dueling": False,
         "grad_clip": 10.0,
-        "n_step": 1,
+        "n_step": shared.n_step if n_step is None else n_step,
     }
+    if shared.epsilon is not None:
+        training["epsilon"] = [list(point) for point in shared.epsilon]
+    return training
 
 
 def drqn_config(
@@ -192,6 +200,7 @@ def drqn_config(
     recurrent: Recurrent,
     shared: Shared,
     update_mode: str = "random",
+    burn_in_len: int = 0,
 ) -> Any:
     """DRQN as a user would set it up: batches in sequences, uint8 frames."""
     from rllib_drqn import DRQNConfig
@@ -201,6 +210,7 @@ def drqn_config(
         .environment(env, env_config=dict(env_config))
         .training(
             update_mode=update_mode,
+            burn_in_len=burn_in_len,
             num_sequences_per_batch=recurrent.num_sequences,
             replay_buffer_config={
                 "type": "rllib_drqn.replay.DRQNEpisodeReplayBuffer",
@@ -249,7 +259,7 @@ def lstm_dqn_config(
                 "type": "EpisodeReplayBuffer",
                 "capacity": shared.replay_capacity,
             },
-            **_shared_training(shared),
+            **_shared_training(shared, n_step=1),
         )
         .rl_module(
             model_config={

@@ -8,13 +8,16 @@ Run (from the repository root)::
         --contenders "DRQN random" "RLlib use_lstm DQN"
 
 Contenders, each trained from scratch per seed with the same settings (defaults: the tuned
-example ``tuned_examples/drqn_stateless_cartpole.yaml``: a 32-unit layer, LSTM 32, sequences of
-10, 16 sequences per update, lr 1e-3, one update per 4 env steps, learning after 500 steps,
-target sync every 500 steps; DQN's default epsilon schedule):
+example ``tuned_examples/drqn_stateless_cartpole.yaml``: a 64-unit layer, LSTM 64, sequences of
+10, 32 sequences per update, lr 3e-3, 3-step targets, one update per 4 env steps, learning after
+500 steps, target sync every 500 steps, epsilon 1 -> 0.02 over 5,000 steps):
 
-- ``DRQN random`` / ``DRQN sequential`` / ``DRQN stored``: DRQN in each update mode.
-- ``RLlib use_lstm DQN``: RLlib's own recurrent DQN at the same sizes (``bench/common.py``).
-- ``DQN (no memory)``: DQN with a 32-unit dense layer where the others have the LSTM; the
+- ``DRQN sequential`` (the tuned example's mode) / ``DRQN stored`` (R2D2: ``--burn-in`` 10
+  warm-up steps before 10 trained ones, so sequences of 20) / ``DRQN random``: DRQN in each
+  update mode.
+- ``RLlib use_lstm DQN``: RLlib's own recurrent DQN at the same sizes (``bench/common.py``),
+  with 1-step targets: its sequence replay asserts ``n_step == 1``.
+- ``DQN (no memory)``: DQN with a 64-unit dense layer where the others have the LSTM; the
   same number of transitions per update.
 
 A run stops when the training return, averaged over the last ``--window`` episodes
@@ -36,6 +39,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +68,7 @@ from common import (
 ENV = "StatelessCartPole"
 TARGET_STEPS = 20_000
 TARGET_WALL_RATIO = 1.5
-CONTENDERS = ("DRQN random", "DRQN sequential", "DRQN stored", PEER_NAME, MEMORYLESS_NAME)
+CONTENDERS = ("DRQN sequential", "DRQN stored", "DRQN random", PEER_NAME, MEMORYLESS_NAME)
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
@@ -82,11 +86,17 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--window", type=int, default=10, help="Episodes in the mean return.")
     parser.add_argument("--max-steps", type=int, default=50_000, help="Env steps per run, at most.")
     parser.add_argument("--steps-per-iteration", type=int, default=500)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lstm-cell-size", type=int, default=32)
-    parser.add_argument("--fcnet-hiddens", type=int, nargs="+", default=[32])
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lstm-cell-size", type=int, default=64)
+    parser.add_argument("--fcnet-hiddens", type=int, nargs="+", default=[64])
     parser.add_argument("--max-seq-len", type=int, default=10)
-    parser.add_argument("--num-sequences", type=int, default=16)
+    parser.add_argument(
+        "--burn-in", type=int, default=10, help="DRQN stored: warm-up steps before max_seq_len."
+    )
+    parser.add_argument("--num-sequences", type=int, default=32)
+    parser.add_argument("--n-step", type=int, default=3, help="The peer always uses 1.")
+    parser.add_argument("--epsilon-steps", type=int, default=5000)
+    parser.add_argument("--epsilon-final", type=float, default=0.02)
     parser.add_argument("--rollout-fragment-length", type=int, default=4)
     parser.add_argument("--learning-starts", type=int, default=500)
     parser.add_argument("--target-network-update-freq", type=int, default=500)
@@ -118,7 +128,16 @@ def build(name: str, args: Any, seed: int) -> Any:
         steps_per_iteration=args.steps_per_iteration,
         episodes_for_smoothing=args.window,
         seed=seed,
+        n_step=args.n_step,
+        epsilon=((0, 1.0), (args.epsilon_steps, args.epsilon_final)),
     )
+    if name == "DRQN stored":
+        # R2D2's layout: burn-in steps only warm the stored state up, then max_seq_len trained.
+        recurrent = replace(recurrent, max_seq_len=args.burn_in + args.max_seq_len)
+        config = drqn_config(
+            ENV, {}, recurrent, shared, update_mode="stored", burn_in_len=args.burn_in
+        )
+        return config.build_algo()
     if name.startswith("DRQN "):
         update_mode = name.removeprefix("DRQN ")
         return drqn_config(ENV, {}, recurrent, shared, update_mode=update_mode).build_algo()

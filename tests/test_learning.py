@@ -15,6 +15,9 @@ import torch
 from rllib_drqn.cli import build_config, load_experiment
 
 TUNED = Path(__file__).resolve().parent.parent / "tuned_examples"
+#: The stop reward of drqn_stateless_cartpole.yaml: near CartPole's 500, i.e. balanced.
+DRQN_TARGET_RETURN = 450.0
+#: What the memory-less DQN must stay under, and what the other update modes must reach.
 TARGET_RETURN = 150.0
 BUDGET_STEPS = 25_000
 
@@ -48,27 +51,29 @@ def train_until(config: Any, target: float, budget: int) -> tuple[float, float, 
 
 @pytest.mark.learning
 @pytest.mark.usefixtures("ray_session")
-def test_drqn_reaches_150_on_stateless_cartpole_where_memoryless_dqn_does_not() -> None:
+def test_drqn_reaches_450_on_stateless_cartpole_where_memoryless_dqn_stays_below_150() -> None:
     # Small networks: one thread is faster, and it keeps two cores from thrashing.
     torch.set_num_threads(1)
-    drqn_best, drqn_at, drqn_curve = train_until(
-        from_yaml("drqn_stateless_cartpole.yaml"), TARGET_RETURN, BUDGET_STEPS
-    )
+    drqn_config = from_yaml("drqn_stateless_cartpole.yaml")
+    assert drqn_config.update_mode == "sequential"
+    drqn_best, drqn_at, drqn_curve = train_until(drqn_config, DRQN_TARGET_RETURN, BUDGET_STEPS)
     dqn_best, dqn_at, dqn_curve = train_until(
         from_yaml("dqn_stateless_cartpole.yaml"), TARGET_RETURN, BUDGET_STEPS
     )
     print(f"\nDRQN: best mean return {drqn_best:.1f} at {drqn_at:.0f} env steps; {drqn_curve}")
     print(f"DQN (no memory): best mean return {dqn_best:.1f} at {dqn_at:.0f}; {dqn_curve}")
-    assert drqn_best >= TARGET_RETURN
+    assert drqn_best >= DRQN_TARGET_RETURN
     assert dqn_best < TARGET_RETURN
 
 
 # The other update modes, on the same tuned example; each changes only what the mode needs.
+# Random updates train from zero state on 10-step windows; with the tuned example's settings
+# they plateaued near 130 within 20k steps here, so they keep the settings that reached 165 at
+# 14k before the tuned example moved to sequential updates (16 sequences, 1-step targets).
 # Stored state (R2D2) goes stale as the policy changes, so it warms the state up over a
-# burn-in of 10 steps before 10 trained ones, as R2D2 does (measured here: 160 at 20k steps;
-# without burn-in it crossed 150 only near 40k).
+# burn-in of 10 steps before 10 trained ones, as R2D2 does (measured here: 450 at 17k steps).
 OTHER_MODES = {
-    "sequential": {"update_mode": "sequential"},
+    "random": {"update_mode": "random", "num_sequences_per_batch": 16, "n_step": 1},
     "stored": {"update_mode": "stored", "burn_in_len": 10, "max_seq_len": 20},
 }
 

@@ -27,6 +27,15 @@ def build(obs_space: gym.Space = VECTOR_SPACE, num_actions: int = 3, **model_con
     return module
 
 
+def build_with_distinct_target() -> DRQNTorchRLModule:
+    """A module whose target net differs from the online one, so mixing them up shows."""
+    module = build()
+    with torch.no_grad():
+        for param in module._target_q_net.parameters():
+            param.add_(0.1)
+    return module
+
+
 def zero_state(module: DRQNTorchRLModule, batch: int) -> dict[str, torch.Tensor]:
     return {k: torch.zeros(batch, module.cell_size) for k in ("h", "c")}
 
@@ -101,10 +110,7 @@ def test_state_out_continues_the_sequence() -> None:
 
 def test_forward_train_matches_separate_online_and_target_passes() -> None:
     """One T+1 pass gives the same Q(o_t), Q(o_t+1) and target values as RLlib's layout."""
-    module = build()
-    with torch.no_grad():
-        for param in module._target_q_net.parameters():
-            param.add_(0.1)
+    module = build_with_distinct_target()
     obs_seq = torch.randn(4, 6, 2)
     state = random_state(module, 4)
     batch = {
@@ -126,10 +132,7 @@ def test_forward_train_matches_separate_online_and_target_passes() -> None:
 
 def test_forward_train_returns_the_state_after_t_steps_when_carrying() -> None:
     """Sequential updates (a TARGET_STATE_IN in the batch) get the states after T steps."""
-    module = build()
-    with torch.no_grad():
-        for param in module._target_q_net.parameters():
-            param.add_(0.1)
+    module = build_with_distinct_target()
     obs_seq = torch.randn(4, 6, 2)
     state, target_state = random_state(module, 4, 0), random_state(module, 4, 1)
     batch = {Columns.OBS: obs_seq[:, :5], Columns.NEXT_OBS: obs_seq[:, 1:]}
