@@ -68,7 +68,7 @@ from common import (
 ENV = "StatelessCartPole"
 TARGET_STEPS = 20_000
 TARGET_WALL_RATIO = 1.5
-CONTENDERS = ("DRQN sequential", "DRQN stored", "DRQN random", PEER_NAME, MEMORYLESS_NAME)
+CONTENDERS = ("DRQN random", "DRQN sequential", "DRQN stored", PEER_NAME, MEMORYLESS_NAME)
 
 
 def parse_args(argv: list[str] | None = None) -> Any:

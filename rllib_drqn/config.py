@@ -174,7 +174,19 @@ class DRQNConfig(DQNConfig):
         self._validate_drqn_settings()
         self._validate_module_settings()
         self._validate_env_settings()
-        super().validate()
+        fragment = self.rollout_fragment_length
+        if isinstance(fragment, int) and not isinstance(fragment, bool) and fragment >= 1:
+            # DQNConfig.validate rejects rollout_fragment_length < n_step because RLlib's replay
+            # builds n-step transitions from each sampled fragment (ray/rllib/algorithms/dqn/
+            # dqn.py, DQNConfig.validate). DRQN computes n-step targets inside the replayed
+            # sequences, so any fragment works: the base checks see "auto" (1 step for DRQN).
+            self.rollout_fragment_length = "auto"
+            try:
+                super().validate()
+            finally:
+                self.rollout_fragment_length = fragment
+        else:
+            super().validate()
 
     def _validate_drqn_settings(self) -> None:
         if self.update_mode not in UPDATE_MODES:

@@ -146,3 +146,16 @@ def test_bad_settings_raise_before_ray_starts() -> None:
     with pytest.raises(ValueError, match="Unknown update_mode 'replayed'"):
         config.build_algo()
     assert ray.is_initialized() == was_running
+
+
+def test_n_step_longer_than_the_rollout_fragment_is_fine_for_drqn() -> None:
+    """RLlib's DQN wants rollout_fragment_length >= n_step; DRQN's n-step lives in sequences."""
+    config = (
+        DRQNConfig()
+        .environment("StatelessCartPole")
+        .env_runners(rollout_fragment_length=2)
+        .training(n_step=3)
+    )
+    config.validate()
+    assert config.rollout_fragment_length == 2
+    assert config.get_rollout_fragment_length() == 2
