@@ -278,14 +278,21 @@ def lstm_dqn_config(
 def memoryless_dqn_config(
     env: str, env_config: Mapping[str, Any], recurrent: Recurrent, shared: Shared
 ) -> Any:
-    """DQN with a dense layer where DRQN has its LSTM; same transitions per update."""
+    """DQN with a dense layer where DRQN has its LSTM; same transitions per update.
+
+    RLlib's DQN builds n-step transitions from each sampled fragment and so rejects a
+    ``rollout_fragment_length`` below ``n_step``; it then samples ``n_step`` steps at a time and
+    ``training_intensity`` keeps the shared replay ratio (one update per
+    ``shared.rollout_fragment_length`` env steps).
+    """
     from ray.rllib.algorithms.dqn import DQNConfig
 
+    batch_size = recurrent.num_sequences * recurrent.max_seq_len
     config = (
         DQNConfig()
         .environment(env, env_config=dict(env_config))
         .training(
-            train_batch_size_per_learner=recurrent.num_sequences * recurrent.max_seq_len,
+            train_batch_size_per_learner=batch_size,
             replay_buffer_config={
                 "type": "EpisodeReplayBuffer",
                 "capacity": shared.replay_capacity,
@@ -299,7 +306,12 @@ def memoryless_dqn_config(
             }
         )
     )
-    return _apply_shared(config, shared)
+    config = _apply_shared(config, shared)
+    if shared.rollout_fragment_length < shared.n_step:
+        config.env_runners(rollout_fragment_length=shared.n_step).training(
+            training_intensity=batch_size / shared.rollout_fragment_length
+        )
+    return config
 
 
 def make_float32_flickering_atari(env_config: Mapping[str, Any]) -> Any:

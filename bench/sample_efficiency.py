@@ -9,7 +9,7 @@ Run (from the repository root)::
 
 Contenders, each trained from scratch per seed with the same settings (defaults: the tuned
 example ``tuned_examples/drqn_stateless_cartpole.yaml``: a 64-unit layer, LSTM 64, sequences of
-10, 32 sequences per update, lr 3e-3, 3-step targets, one update per 4 env steps, learning after
+10, 32 sequences per update, lr 3e-3, 3-step targets, one update per 2 env steps, learning after
 500 steps, target sync every 500 steps, epsilon 1 -> 0.02 over 5,000 steps):
 
 - ``DRQN sequential`` (the tuned example's mode) / ``DRQN stored`` (R2D2: ``--burn-in`` 10
@@ -97,7 +97,9 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--n-step", type=int, default=3, help="The peer always uses 1.")
     parser.add_argument("--epsilon-steps", type=int, default=5000)
     parser.add_argument("--epsilon-final", type=float, default=0.02)
-    parser.add_argument("--rollout-fragment-length", type=int, default=4)
+    parser.add_argument(
+        "--rollout-fragment-length", type=int, default=2, help="Env steps per learner update."
+    )
     parser.add_argument("--learning-starts", type=int, default=500)
     parser.add_argument("--target-network-update-freq", type=int, default=500)
     args = parser.parse_args(argv)
