@@ -274,8 +274,9 @@ class DRQNTorchRLModule(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyA
         A batch with ``TARGET_STATE_IN`` comes from sequential updates, which carry states
         from chunk to chunk: only then are the states after the T trained steps returned
         (``STATE_OUT`` online, ``NEXT_STATE_OUT`` target). Getting them costs a second LSTM
-        call per net (T steps, then the last one), measured 30% of a Pong update with 3
-        sequences on a CPU, so the other modes make one call over T+1 steps.
+        call per net (T steps, then the last one), measured as 25-30% of the forward and
+        backward pass of a Pong update with 3 sequences on a CPU, so the other modes make one
+        call over T+1 steps.
         """
         if self.inference_only:
             raise RuntimeError(
