@@ -111,3 +111,36 @@ def test_sample_efficiency_smoke_runs_every_contender(tmp_path: Path) -> None:
     for row in result["rows"]:
         assert_finite_numbers(row, ["median_env_steps_to_target", "median_wall_s_to_target"])
         assert row["wall_speedup_vs_peer"] is not None
+
+
+def test_wall_speedup_is_a_lower_bound_when_the_peer_missed() -> None:
+    """A peer that never reached the target took longer than its runs lasted."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from sample_efficiency import summarize, wall_speedup_vs_peer
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+    def run(name: str, wall_to_target: float | None, wall: float) -> dict[str, object]:
+        reached = wall_to_target is not None
+        return {
+            "name": name,
+            "reached": reached,
+            "env_steps_to_target": 1000.0 if reached else None,
+            "wall_s_to_target": wall_to_target,
+            "wall_s": wall,
+            "best_mean_return": 1.0,
+            "env_steps_per_s": 10.0,
+        }
+
+    runs = [run("fast", 50.0, 50.0), run("fast", 100.0, 100.0), run("fast", None, 400.0)]
+    runs += [run("peer", None, 300.0), run("peer", None, 320.0), run("peer", 200.0, 200.0)]
+    fast, peer = summarize("fast", runs), summarize("peer", runs)
+    assert fast["median_wall_s_to_target"] == 100.0
+    assert peer["median_wall_s_to_target"] is None
+    assert peer["median_wall_s_at_least"] == 300.0
+    assert wall_speedup_vs_peer(fast, peer) == (3.0, True)
+    # A peer that reached it in most seeds gives the exact ratio.
+    runs[3] = run("peer", 250.0, 250.0)
+    assert wall_speedup_vs_peer(fast, summarize("peer", runs)) == (2.5, False)
+    assert wall_speedup_vs_peer(fast, None) == (None, False)
