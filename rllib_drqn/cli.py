@@ -875,6 +875,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         probs = evaluation.parse_flicker_probs(args.flicker_probs)
         episodes = evaluation.check_num_episodes(args.episodes)
         epsilon = evaluation.check_epsilon(args.epsilon)
+        max_episode_steps = evaluation.check_max_episode_steps(args.max_episode_steps)
         spec = evaluation.inspect_checkpoint(args.checkpoint)
         print(
             f"Evaluating {spec.algorithm} checkpoint {spec.path} on {spec.env_name} at flicker "
@@ -888,6 +889,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             episodes,
             epsilon=epsilon,
             seed=args.seed,
+            max_episode_steps=max_episode_steps,
             out_dir=args.out,
             video_dir=args.video,
             progress=report,
@@ -940,6 +942,14 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         metavar="S",
         help="episode i resets its env with seed S+i at every flicker probability (default 0)",
+    )
+    parser.add_argument(
+        "--max-episode-steps",
+        default=str(evaluation.DEFAULT_MAX_EPISODE_STEPS),
+        metavar="N",
+        help="cut an episode after N steps; its return so far counts (default "
+        f"{evaluation.DEFAULT_MAX_EPISODE_STEPS:,}, ALE's own cap; envs without a time limit, "
+        "such as StatelessCartPole, need one)",
     )
     parser.add_argument(
         "--out",

@@ -19,6 +19,8 @@ the checkpoint), plus the env name and ``env_config`` from the pickled algorithm
 (``class_and_ctor_args.pkl``): no ``Algorithm``, no env runners, no Ray. Episodes are played
 in this process by :func:`play_episodes`, epsilon-greedily (0.05 as in the paper's
 evaluation) with the LSTM state carried from step to step and reset at every episode start.
+An episode is cut after ``max_episode_steps`` (default 27,000, ALE's own cap), so that envs
+without a time limit end too.
 
 Episode ``i`` at every flicker probability resets its env with ``seed + i`` and draws its
 exploration coins from a generator seeded with ``seed``: the points of the curve share their
@@ -47,6 +49,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tree
+from gymnasium.wrappers import TimeLimit
 from ray.rllib.core import (
     COMPONENT_LEARNER,
     COMPONENT_LEARNER_GROUP,
@@ -63,6 +66,7 @@ from rllib_drqn.envs import FLICKERING_ATARI, STATELESS_CARTPOLE, FlickerObserva
 
 __all__ = [
     "DEFAULT_EPSILON",
+    "DEFAULT_MAX_EPISODE_STEPS",
     "CheckpointSpec",
     "EvaluationError",
     "EvaluationReport",
@@ -70,6 +74,7 @@ __all__ = [
     "GifRecorder",
     "check_epsilon",
     "check_flicker_prob",
+    "check_max_episode_steps",
     "check_num_episodes",
     "default_out_dir",
     "evaluate",
@@ -84,6 +89,12 @@ __all__ = [
 
 #: The paper evaluates with epsilon = 0.05 (as DQN does), not greedily.
 DEFAULT_EPSILON: Final[float] = 0.05
+
+#: Evaluation cuts an episode after this many agent steps: ALE v5's own cap (108,000 frames at
+#: frameskip 4), so Atari episodes end as in training. Envs without a time limit, such as
+#: RLlib's StatelessCartPole (a CartPoleEnv with no TimeLimit), would otherwise play a good
+#: policy for ever.
+DEFAULT_MAX_EPISODE_STEPS: Final[int] = 27_000
 
 CSV_NAME: Final[str] = "evaluation.csv"
 JSON_NAME: Final[str] = "evaluation.json"
@@ -164,6 +175,20 @@ def check_num_episodes(value: Any) -> int:
     if isinstance(number, bool) or not isinstance(number, int | np.integer) or number < 1:
         raise EvaluationError(
             f"--episodes must be an integer >= 1, got {value!r}; pass e.g. --episodes 10"
+        )
+    return int(number)
+
+
+def check_max_episode_steps(value: Any) -> int:
+    """Returns ``value`` as an int >= 1 (``"500"`` is accepted, ``1.5`` and ``True`` are not)."""
+    try:
+        number = int(value) if isinstance(value, str) else value
+    except ValueError:
+        number = None
+    if isinstance(number, bool) or not isinstance(number, int | np.integer) or number < 1:
+        raise EvaluationError(
+            f"--max-episode-steps must be an integer >= 1, got {value!r}; pass e.g. "
+            f"--max-episode-steps {DEFAULT_MAX_EPISODE_STEPS}"
         )
     return int(number)
 
@@ -619,6 +644,7 @@ def write_results(
     *,
     epsilon: float,
     seed: int,
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
 ) -> tuple[Path, Path, Path]:
     """Writes ``evaluation.csv``, ``evaluation.json`` and ``observability.png`` to ``out_dir``.
 
@@ -641,6 +667,7 @@ def write_results(
         "trained_flicker_prob": spec.trained_flicker_prob,
         "epsilon": epsilon,
         "seed": seed,
+        "max_episode_steps": max_episode_steps,
         "std": "population (ddof=0)",
         "results": [result.as_dict() for result in results],
     }
@@ -721,6 +748,7 @@ def evaluate(
     *,
     epsilon: float = DEFAULT_EPSILON,
     seed: int = 0,
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
     out_dir: str | os.PathLike[str] | None = None,
     video_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[FlickerResult], None] | None = None,
@@ -738,6 +766,8 @@ def evaluate(
         num_episodes: Episodes per probability, >= 1.
         epsilon: Probability of a random action per step (default 0.05, the paper's).
         seed: Seeds the envs and the exploration (see :func:`play_episodes`).
+        max_episode_steps: An episode is cut (truncated) after this many steps, by
+            gymnasium's ``TimeLimit``; its return so far counts.
         out_dir: Where the CSV, JSON and PNG go (default :func:`default_out_dir`).
         video_dir: If given, one episode at the first probability is saved there as a GIF
             (its first :data:`MAX_VIDEO_FRAMES` frames): the first evaluation episode played
@@ -752,6 +782,7 @@ def evaluate(
         raise EvaluationError("no flicker probability given; pass e.g. [0.0, 0.5, 1.0].")
     num_episodes = check_num_episodes(num_episodes)
     epsilon = check_epsilon(epsilon)
+    max_episode_steps = check_max_episode_steps(max_episode_steps)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise EvaluationError(f"--seed must be an integer >= 0, got {seed!r}.")
 
@@ -762,10 +793,12 @@ def evaluate(
     if video is not None:
         _check_writable_dir(video, spec, "--video")
     module = load_module(spec)
-    envs = [_make_checked_env(spec, module, prob) for prob in probs]
+    envs = [TimeLimit(_make_checked_env(spec, module, prob), max_episode_steps) for prob in probs]
     video_env = None
     if video is not None:
-        video_env = _make_checked_env(spec, module, probs[0], render_mode="rgb_array")
+        video_env = TimeLimit(
+            _make_checked_env(spec, module, probs[0], render_mode="rgb_array"), max_episode_steps
+        )
 
     previous_threads = torch.get_num_threads()
     # Batch-1 inference gains nothing from intra-op threads, and on a shared machine they
@@ -792,7 +825,9 @@ def evaluate(
     finally:
         torch.set_num_threads(previous_threads)
 
-    csv_path, json_path, plot_path = write_results(spec, results, out, epsilon=epsilon, seed=seed)
+    csv_path, json_path, plot_path = write_results(
+        spec, results, out, epsilon=epsilon, seed=seed, max_episode_steps=max_episode_steps
+    )
     return EvaluationReport(spec, tuple(results), csv_path, json_path, plot_path, video_path)
 
 

@@ -33,6 +33,7 @@ from rllib_drqn import DRQNConfig, DRQNTorchRLModule
 from rllib_drqn.cli import main
 from rllib_drqn.envs import FLICKERING_ATARI, make_stateless_cartpole
 from rllib_drqn.evaluate import (
+    DEFAULT_MAX_EPISODE_STEPS,
     MODULE_SUBDIR,
     EvaluationError,
     FlickerResult,
@@ -160,6 +161,21 @@ def test_evaluate_in_process_is_reproducible_and_leaves_checkpoint_alone(
     assert _snapshot(checkpoint) == before
 
 
+def test_max_episode_steps_cuts_episodes_of_envs_without_a_time_limit(
+    checkpoint: Path, workdir: Path
+) -> None:
+    # RLlib's StatelessCartPole has no TimeLimit: without the cap a good policy plays for ever.
+    args = [str(checkpoint), "--flicker-probs", "0", "--episodes", "3", "--epsilon", "0"]
+    assert main(["evaluate", *args, "--out", "uncut"]) == 0
+    assert main(["evaluate", *args, "--out", "cut", "--max-episode-steps", "5"]) == 0
+    uncut, cut = (_read_outputs(workdir / name)[1] for name in ("uncut", "cut"))
+    assert uncut["max_episode_steps"] == DEFAULT_MAX_EPISODE_STEPS
+    assert cut["max_episode_steps"] == 5
+    # CartPole pays 1 per step, and no episode of this policy ends within 5 steps by itself.
+    assert min(uncut["results"][0]["returns"]) > 5
+    assert cut["results"][0]["returns"] == [5.0, 5.0, 5.0]
+
+
 def test_tune_trial_checkpoint_is_named_after_its_trial(checkpoint: Path, workdir: Path) -> None:
     # `rllib train file` leaves <storage>/<experiment>/<trial>/checkpoint_00000N, each written
     # by Algorithm.save_checkpoint -> save_to_path: the same layout as the fixture's.
@@ -209,6 +225,7 @@ def _expect_error(args: list[str], *fragments: str, capsys: pytest.CaptureFixtur
         (["--episodes", "0"], ["--episodes must be an integer >= 1, got '0'"]),
         (["--episodes", "1.5"], ["--episodes", "'1.5'"]),
         (["--epsilon", "1.5"], ["--epsilon must be a probability in [0, 1], got '1.5'"]),
+        (["--max-episode-steps", "0"], ["--max-episode-steps must be an integer >= 1, got '0'"]),
         (["--out", "INSIDE"], ["lies inside the checkpoint", "never writes into a checkpoint"]),
         (["--video", "INSIDE"], ["--video", "lies inside the checkpoint"]),
     ],
@@ -220,6 +237,7 @@ def _expect_error(args: list[str], *fragments: str, capsys: pytest.CaptureFixtur
         "episodes_0",
         "episodes_float",
         "epsilon",
+        "max_episode_steps_0",
         "out_inside",
         "video_inside",
     ],
