@@ -247,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             steps = run["env_steps_to_target"]
             outcome = f"reached at {steps:,.0f}" if steps is not None else "missed"
+            best = run["best_mean_return"]
+            best_text = "-" if best is None else f"{best:.1f}"
             progress(
                 f"{name}, seed {seed}: target {outcome}, best mean return "
-                f"{run['best_mean_return']} ({run['env_steps']:,.0f} env steps, "
+                f"{best_text} ({run['env_steps']:,.0f} env steps, "
                 f"{run['wall_s']:.1f} s)"
             )
 
