@@ -168,27 +168,22 @@ def check_flicker_prob(value: Any) -> float:
 
 def check_num_episodes(value: Any) -> int:
     """Returns ``value`` as an int >= 1 (``"10"`` is accepted, ``1.5`` and ``True`` are not)."""
-    try:
-        number = int(value) if isinstance(value, str) else value
-    except ValueError:
-        number = None
-    if isinstance(number, bool) or not isinstance(number, int | np.integer) or number < 1:
-        raise EvaluationError(
-            f"--episodes must be an integer >= 1, got {value!r}; pass e.g. --episodes 10"
-        )
-    return int(number)
+    return _positive_int(value, "--episodes", 10)
 
 
 def check_max_episode_steps(value: Any) -> int:
     """Returns ``value`` as an int >= 1 (``"500"`` is accepted, ``1.5`` and ``True`` are not)."""
+    return _positive_int(value, "--max-episode-steps", DEFAULT_MAX_EPISODE_STEPS)
+
+
+def _positive_int(value: Any, flag: str, example: int) -> int:
     try:
         number = int(value) if isinstance(value, str) else value
     except ValueError:
         number = None
     if isinstance(number, bool) or not isinstance(number, int | np.integer) or number < 1:
         raise EvaluationError(
-            f"--max-episode-steps must be an integer >= 1, got {value!r}; pass e.g. "
-            f"--max-episode-steps {DEFAULT_MAX_EPISODE_STEPS}"
+            f"{flag} must be an integer >= 1, got {value!r}; pass e.g. {flag} {example}"
         )
     return int(number)
 
