@@ -133,16 +133,15 @@ def build(name: str, args: Any, seed: int) -> Any:
         n_step=args.n_step,
         epsilon=((0, 1.0), (args.epsilon_steps, args.epsilon_final)),
     )
-    if name == "DRQN stored":
-        # R2D2's layout: burn-in steps only warm the stored state up, then max_seq_len trained.
-        recurrent = replace(recurrent, max_seq_len=args.burn_in + args.max_seq_len)
-        config = drqn_config(
-            ENV, {}, recurrent, shared, update_mode="stored", burn_in_len=args.burn_in
-        )
-        return config.build_algo()
     if name.startswith("DRQN "):
         update_mode = name.removeprefix("DRQN ")
-        return drqn_config(ENV, {}, recurrent, shared, update_mode=update_mode).build_algo()
+        # R2D2's layout: burn-in steps only warm the stored state up, then max_seq_len trained.
+        burn_in = args.burn_in if update_mode == "stored" else 0
+        recurrent = replace(recurrent, max_seq_len=burn_in + args.max_seq_len)
+        config = drqn_config(
+            ENV, {}, recurrent, shared, update_mode=update_mode, burn_in_len=burn_in
+        )
+        return config.build_algo()
     if name == PEER_NAME:
         return lstm_dqn_config(ENV, {}, recurrent, shared).build_algo()
     return memoryless_dqn_config(ENV, {}, recurrent, shared).build_algo()
