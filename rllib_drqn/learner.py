@@ -39,6 +39,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import TD_ERROR_KEY
 from ray.rllib.utils.typing import ModuleID, ParamDict
 
+from rllib_drqn.batching import use_sequence_batching
 from rllib_drqn.losses import sequence_td_loss
 from rllib_drqn.module import TARGET_STATE_IN
 from rllib_drqn.replay import SEQ_SLOT, SEQ_START
@@ -137,6 +138,8 @@ class DRQNTorchLearner(DQNTorchLearner):
         #: Updates started by this learner (the guard's error names the one that diverged).
         self.num_updates = 0
         self.state_carry: SequentialStateCarry | None = None
+        if self._learner_connector is not None:
+            use_sequence_batching(self._learner_connector)
         if getattr(self.config, "update_mode", "random") == "sequential":
             self.state_carry = SequentialStateCarry()
             # After batching (rows are final, one per chunk), before tensors are made.
