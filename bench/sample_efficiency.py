@@ -7,13 +7,14 @@ Run (from the repository root)::
     python bench/sample_efficiency.py --seeds 0 --max-steps 10000 \
         --contenders "DRQN random" "RLlib use_lstm DQN"
 
-Contenders, each trained from scratch per seed with the same settings (defaults: the tuned
-example ``tuned_examples/drqn_stateless_cartpole.yaml``: a 64-unit layer, LSTM 64, sequences of
-10, 32 sequences per update, lr 3e-3, 3-step targets, one update per 2 env steps, learning after
-500 steps, target sync every 500 steps, epsilon 1 -> 0.02 over 5,000 steps):
+Contenders, each trained from scratch per seed with the same settings (defaults: those of the
+tuned example ``tuned_examples/drqn_stateless_cartpole.yaml``: a 64-unit layer, LSTM 64, 10
+trained steps per sequence, 32 sequences per update, lr 3e-3, 3-step targets, one update per 2
+env steps, learning after 500 steps, target sync every 500 steps, epsilon 1 -> 0.02 over 5,000
+steps):
 
-- ``DRQN sequential`` (the tuned example's mode) / ``DRQN stored`` (R2D2: ``--burn-in`` 10
-  warm-up steps before 10 trained ones, so sequences of 20) / ``DRQN random``: DRQN in each
+- ``DRQN stored`` (the tuned example's mode, R2D2: ``--burn-in`` 10 warm-up steps before the
+  10 trained ones, so sequences of 20) / ``DRQN sequential`` / ``DRQN random``: DRQN in each
   update mode.
 - ``RLlib use_lstm DQN``: RLlib's own recurrent DQN at the same sizes (``bench/common.py``),
   with 1-step targets: its sequence replay asserts ``n_step == 1``.

@@ -244,6 +244,7 @@ def test_tuned_example_builds_the_settings_it_states(no_ray: None) -> None:
     stated = experiment.config
     assert config.lr == stated["lr"]
     assert config.update_mode == stated["update_mode"]
+    assert config.burn_in_len == stated.get("burn_in_len", 0)
     assert config.model_config["lstm_cell_size"] == stated["model_config"]["lstm_cell_size"]
     assert config.model_config["max_seq_len"] == stated["model_config"]["max_seq_len"]
     assert config.train_batch_size_per_learner == (
