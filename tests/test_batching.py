@@ -12,32 +12,13 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from test_update_modes import SEQ_LEN, small_config
 
-from rllib_drqn import DRQNConfig
 from rllib_drqn.batching import AddSequencesToBatch, use_sequence_batching
 from rllib_drqn.replay import DRQNEpisodeReplayBuffer
 
-SEQ_LEN = 5
-CELL = 8
-
-
-def small_config(update_mode: str, **training: Any) -> DRQNConfig:
-    return (
-        DRQNConfig()
-        .environment("StatelessCartPole")
-        .env_runners(num_env_runners=0, rollout_fragment_length=8)
-        .training(
-            update_mode=update_mode,
-            num_sequences_per_batch=6,
-            num_steps_sampled_before_learning_starts=300,
-            **training,
-        )
-        .rl_module(
-            model_config={"lstm_cell_size": CELL, "fcnet_hiddens": [8], "max_seq_len": SEQ_LEN}
-        )
-        .reporting(min_sample_timesteps_per_iteration=400)
-        .debugging(seed=0)
-    )
+#: The LSTM size of the config these tests share with test_update_modes.
+CELL = small_config("random").model_config["lstm_cell_size"]
 
 
 @pytest.fixture
