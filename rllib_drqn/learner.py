@@ -1,7 +1,9 @@
 """DRQN's learner: RLlib's DQN torch learner, a non-finite guard and the sequential state carry.
 
 The loss is RLlib's own (``DQNTorchLearner.compute_loss_for_module``: double-Q, Huber, the
-sequence loss mask and its burn-in columns). DRQN adds two things.
+sequence loss mask and its burn-in columns). DRQN adds two things, and puts its one-pass
+batching (``rllib_drqn.batching.AddSequencesToBatch``) in place of RLlib's default
+learner-connector pieces.
 
 A non-finite guard: RLlib 2.60 turns NaN/inf gradients into zeros with a log warning
 (``TorchLearner.apply_gradients``) and keeps going, so a diverging run trains on garbage for
@@ -130,7 +132,7 @@ _CHECKED_QUANTITIES = {
 
 
 class DRQNTorchLearner(DQNTorchLearner):
-    """``DQNTorchLearner`` with the non-finite guard and the sequential-update state carry."""
+    """``DQNTorchLearner`` plus the non-finite guard, sequential state carry, one-pass batching."""
 
     @override(DQNTorchLearner)
     def build(self) -> None:
