@@ -200,14 +200,16 @@ def _sequences_to_batch(episodes: list[SingleAgentEpisode], module: RLModule) ->
     lengths = np.array([len(episode) for episode in episodes])
     last_step = (np.arange(len(episodes)), lengths - 1)
 
-    def column(get: Any) -> np.ndarray:
-        return _padded([get(episode, len(episode)) for episode in episodes], max_seq_len)
+    def column(buffer_of: Any, offset: int = 0) -> np.ndarray:
+        """One column: each episode's steps from the buffer ``buffer_of(episode)``, padded."""
+        steps = [_steps(buffer_of(episode), len(episode), offset) for episode in episodes]
+        return _padded(steps, max_seq_len)
 
     module_batch: dict[str, Any] = {
-        Columns.OBS: column(lambda e, n: _steps(e.observations, n)),
-        Columns.NEXT_OBS: column(lambda e, n: _steps(e.observations, n, offset=1)),
-        Columns.ACTIONS: column(lambda e, n: _steps(e.actions, n)),
-        Columns.REWARDS: column(lambda e, n: _steps(e.rewards, n)),
+        Columns.OBS: column(lambda e: e.observations),
+        Columns.NEXT_OBS: column(lambda e: e.observations, offset=1),
+        Columns.ACTIONS: column(lambda e: e.actions),
+        Columns.REWARDS: column(lambda e: e.rewards),
     }
     for key, flag in ((Columns.TERMINATEDS, "is_terminated"), (Columns.TRUNCATEDS, "is_truncated")):
         flags = np.zeros((len(episodes), max_seq_len), dtype=bool)
@@ -215,7 +217,7 @@ def _sequences_to_batch(episodes: list[SingleAgentEpisode], module: RLModule) ->
         module_batch[key] = flags
     for key in episodes[0].extra_model_outputs:
         if key not in (Columns.STATE_OUT, Columns.STATE_IN):
-            module_batch[key] = column(lambda e, n, k=key: _steps(e.extra_model_outputs[k], n))
+            module_batch[key] = column(lambda e, k=key: e.extra_model_outputs[k])
     module_batch[Columns.SEQ_LENS] = lengths
     module_batch[Columns.LOSS_MASK] = np.arange(max_seq_len)[None, :] < lengths[:, None]
 
