@@ -5,8 +5,8 @@ A DRQN run on Atari lasts hours to days, so it is checkpointed, killed and resum
 
 - ``store_buffer_in_checkpoints=True`` (a ``DQNConfig.training()`` setting) does nothing:
   only the old API stack's ``Algorithm.__getstate__`` reads it, so the replay always comes back
-  empty. :class:`ReplayCheckpointing` puts the buffer into ``Algorithm.get_state()`` (and so
-  into ``algorithm_state.pkl``) when the setting is on, and restores it in ``set_state()``.
+  empty. :class:`~rllib_drqn.resumable.ReplayCheckpointing` (re-exported here) puts the buffer
+  into ``Algorithm.get_state()`` when the setting is on, and restores it in ``set_state()``.
 - ``Algorithm.from_checkpoint`` on a checkpoint whose classes cannot be imported logs "possible
   version mismatch", falls back to the base class with no config and fails with
   ``'NoneType' object has no attribute 'to_dict'``; a checkpoint without ``learner_group/``
@@ -35,15 +35,17 @@ import json
 import os
 import pickle
 import pickletools
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE
-from ray.rllib.utils.annotations import override
 from ray.rllib.utils.checkpoints import Checkpointable
-from ray.rllib.utils.typing import StateDict
+
+from rllib_drqn.config import require_known_env
+from rllib_drqn.messages import one_line
+from rllib_drqn.resumable import REPLAY_STATE_KEY, ReplayCheckpointing
 
 __all__ = [
     "REPLAY_STATE_KEY",
@@ -53,9 +55,6 @@ __all__ = [
     "check_checkpoint",
     "load_algorithm",
 ]
-
-#: Key of the replay buffer's state in ``Algorithm.get_state()``: the old API stack's name.
-REPLAY_STATE_KEY: Final[str] = "local_replay_buffer"
 
 _HINT: Final[str] = (
     "pass a directory written by Algorithm.save_to_path() or by `rllib train file` "
@@ -74,51 +73,6 @@ class CheckpointError(ValueError):
 
     The message names the path, what is wrong with it and what to pass or install instead.
     """
-
-
-class ReplayCheckpointing:
-    """Algorithm mixin: with ``store_buffer_in_checkpoints=True`` the replay is checkpointed.
-
-    Mix in before RLlib's algorithm class (``class DRQN(ReplayCheckpointing, DQN)``). The
-    buffer's own ``get_state()`` (RLlib's: every stored episode, its index and counters) goes
-    under :data:`REPLAY_STATE_KEY` into the algorithm's state, which ``save_to_path`` writes to
-    ``algorithm_state.pkl``; ``set_state`` rebuilds the buffer from it. DRQN's sampling state
-    (the random generator, the cursors of ``update_mode="sequential"``) starts afresh: a
-    cursor whose episode is not at hand restarts from zero state, as after any eviction.
-
-    The cost is the replay itself, pickled: the observations dominate (84x84 uint8 frames are
-    7 KB a step, so a 100k-step Atari replay adds about 0.7 GB and its save time to every
-    checkpoint). See the README's "Reliability" section for measured numbers.
-    """
-
-    config: Any
-    local_replay_buffer: Any
-
-    @override(Algorithm)
-    def get_state(
-        self,
-        components: str | Collection[str] | None = None,
-        *,
-        not_components: str | Collection[str] | None = None,
-        **kwargs: Any,
-    ) -> StateDict:
-        state = super().get_state(components, not_components=not_components, **kwargs)
-        if (
-            self.local_replay_buffer is not None
-            and self.config.get("store_buffer_in_checkpoints")
-            and self._check_component(REPLAY_STATE_KEY, components, not_components)
-        ):
-            state[REPLAY_STATE_KEY] = self.local_replay_buffer.get_state()
-        return state
-
-    @override(Algorithm)
-    def set_state(self, state: StateDict) -> None:
-        super().set_state(state)
-        if REPLAY_STATE_KEY in state and self.local_replay_buffer is not None:
-            # RLlib's `set_state` keeps the episodes of a non-empty buffer but replaces their
-            # index; a fresh buffer makes restoring into a running algorithm safe too.
-            self.local_replay_buffer = self._create_local_replay_buffer_if_necessary(self.config)
-            self.local_replay_buffer.set_state(state[REPLAY_STATE_KEY])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +211,7 @@ def _check_metadata(root: Path) -> None:
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(
             f"checkpoint {str(root)!r} is corrupt: {metadata_file.name} is not RLlib's "
-            f"metadata ({type(error).__name__}: {_one_line(error)}); {_HINT}."
+            f"metadata ({type(error).__name__}: {one_line(error)}); {_HINT}."
         ) from None
     if major < 2:
         raise CheckpointError(
@@ -356,7 +310,7 @@ def _check_pickle(root: Path, file: Path) -> None:
         except Exception as error:  # ImportError, AttributeError, or the module's own error.
             raise CheckpointError(
                 f"checkpoint {str(root)!r} needs {module}.{qualname} (in {relative}), which "
-                f"cannot be imported here ({type(error).__name__}: {_one_line(error)}). Install "
+                f"cannot be imported here ({type(error).__name__}: {one_line(error)}). Install "
                 "the package that defined it, in the version that wrote the checkpoint, or put "
                 "its module on PYTHONPATH. (RLlib itself would fall back to a base class and "
                 "fail with \"'NoneType' object has no attribute 'to_dict'\".)"
@@ -365,7 +319,7 @@ def _check_pickle(root: Path, file: Path) -> None:
 
 def _corrupt(root: Path, relative: Path | str, error: BaseException) -> str:
     return (
-        f"checkpoint {str(root)!r} is corrupt: {relative} cannot be read ({_one_line(error)}; "
+        f"checkpoint {str(root)!r} is corrupt: {relative} cannot be read ({one_line(error)}; "
         "truncated by an interrupted save or copy?). Restore the checkpoint from a backup or "
         "pass an earlier one."
     )
@@ -383,13 +337,11 @@ def _unpickle_small(root: Path, file: Path) -> Any:
     except Exception as error:  # Passed _check_pickle; anything left is a damaged file.
         raise CheckpointError(
             f"checkpoint {str(root)!r} is corrupt: {file.name} cannot be unpickled "
-            f"({type(error).__name__}: {_one_line(error)}); {_HINT}."
+            f"({type(error).__name__}: {one_line(error)}); {_HINT}."
         ) from None
 
 
 def _check_env_known(root: Path, env: str) -> None:
-    from rllib_drqn.config import require_known_env  # rllib_drqn.config imports this module.
-
     try:
         require_known_env(env)
     except ValueError as error:
@@ -398,8 +350,3 @@ def _check_env_known(root: Path, env: str) -> None:
             "process. Register it before loading (ray.tune.registry.register_env("
             f"{env!r}, creator)), or import the package that registers it. ({error})"
         ) from None
-
-
-def _one_line(error: BaseException | str) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -25,7 +25,6 @@ from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQ
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.utils.annotations import override
 
-from rllib_drqn.checkpoints import ReplayCheckpointing
 from rllib_drqn.envs import (
     FLICKERING_ATARI,
     STATELESS_CARTPOLE,
@@ -39,6 +38,7 @@ from rllib_drqn.replay import (
     DRQNEpisodeReplayBuffer,
     DRQNPrioritizedEpisodeReplayBuffer,
 )
+from rllib_drqn.resumable import ReplayCheckpointing
 
 __all__ = [
     "BUFFER_TYPES",

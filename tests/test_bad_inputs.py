@@ -545,7 +545,7 @@ def saved_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
     was_initialized = ray.is_initialized()
     monkeypatch.setattr(ray, "init", fail)
-    monkeypatch.setattr(cli, "train", fail)
+    monkeypatch.setattr(cli.run, "train", fail)
     monkeypatch.setattr(Algorithm, "from_checkpoint", classmethod(fail))
     yield tmp_path
     assert ray.is_initialized() == was_initialized

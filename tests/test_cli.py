@@ -173,7 +173,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         pytest.fail("Ray or training was started before the input was validated")
 
     monkeypatch.setattr(ray, "init", fail)
-    monkeypatch.setattr(cli, "train", fail)  # Ray may be up already (conftest's ray_session).
+    monkeypatch.setattr(cli.run, "train", fail)  # Ray may be up already (conftest's ray_session).
     yield
     assert ray.is_initialized() == was_initialized
 

@@ -1,11 +1,4 @@
-"""``rllib``: train DRQN (or RLlib's DQN as a memory-less baseline) from a YAML file.
-
-Ray 2.60 no longer ships RLlib's ``rllib`` command. This is its ``train file`` half for the new
-API stack, installed as the ``rllib`` console script and runnable as ``python -m rllib_drqn``::
-
-    rllib train file tuned_examples/drqn_stateless_cartpole.yaml
-    rllib train file tuned_examples/drqn_stateless_cartpole.yaml \\
-        --stop '{"training_iteration": 5}' --storage-path /tmp/results --checkpoint-freq 2
+"""Experiment files: reading, checking and building a tuned-example YAML experiment, without Ray.
 
 The file holds one experiment in RLlib's tuned-example format::
 
@@ -21,26 +14,6 @@ Everything is checked in the driver before Ray starts: the file, its YAML, its s
 config and stop key (unknown and old-API-stack keys are rejected with the key to use instead),
 then ``config.validate()`` and the resources the run needs. A mistake costs a second and leaves
 the storage path untouched.
-
-Training runs as one Tune trial, so results and checkpoints land where RLlib users look for
-them (``<storage-path>/<experiment name>/<trial>/checkpoint_00000N``), one line of progress is
-printed per training iteration, and a checkpoint is always saved at the end.
-
-Exit status:
-    0: training met a stop criterion and saved a checkpoint. A stop on steps, iterations or
-       time counts as success even if the return target was not met; the summary says
-       whether it was.
-    1: training started but failed (the trial raised), was interrupted, or saved no
-       checkpoint.
-    2: bad command line, file or config; nothing was started or written.
-
-``rllib evaluate CHECKPOINT --flicker-probs 0,0.5,1 --episodes 10`` plays a checkpoint at each
-flicker probability and writes a table and a plot; it is a thin layer over
-:func:`rllib_drqn.evaluate.evaluate` and exits 0 when done, 2 for a bad command line or
-checkpoint (checked before any episode is played; nothing is written).
-
-To add a subcommand, write an ``_add_<name>_parser(subparsers)`` function that registers its
-parser with ``set_defaults(handler=...)`` and list it in ``_SUBCOMMANDS``.
 """
 
 from __future__ import annotations
@@ -54,19 +27,15 @@ import json
 import math
 import os
 import re
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import ray
 import torch
 import yaml
-from ray import tune
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.dqn import DQNConfig
-from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     EPISODE_RETURN_MEAN,
@@ -76,20 +45,24 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
 
-from rllib_drqn import evaluate as evaluation
 from rllib_drqn.baselines import FrameStackDQNConfig
 from rllib_drqn.config import DRQNConfig, require_known_env
+from rllib_drqn.messages import one_line
 from rllib_drqn.module import DRQN_MODEL_DEFAULTS
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_STORAGE_PATH",
+    "RETURN_MEAN",
     "STOP_KEYS",
     "CLIError",
     "Experiment",
     "build_config",
-    "build_parser",
+    "check_resources",
     "load_experiment",
-    "main",
+    "non_negative_float",
+    "non_negative_int",
+    "parse_experiment",
     "resolve_stop",
 ]
 
@@ -320,6 +293,16 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise CLIError(f"{path}: cannot read the file: {error}") from None
+    return parse_experiment(text, path)
+
+
+def parse_experiment(text: str, path: Path) -> Experiment:
+    """Checks the structure of an experiment file's text (see :func:`load_experiment`).
+
+    Args:
+        text: The file's contents.
+        path: Where they came from, for error messages.
+    """
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # A SafeLoader subclass.
     except yaml.MarkedYAMLError as error:
@@ -328,7 +311,7 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
         what = " ".join(str(part) for part in (error.context, error.problem) if part)
         raise CLIError(f"{where}: invalid YAML: {what}.") from None
     except yaml.YAMLError as error:
-        raise CLIError(f"{path}: invalid YAML: {_one_line(str(error))}") from None
+        raise CLIError(f"{path}: invalid YAML: {one_line(str(error), limit=None)}") from None
 
     example = "name: {run: DRQN, env: StatelessCartPole, stop: {...}, config: {...}}"
     if not isinstance(document, dict) or not document:
@@ -477,7 +460,7 @@ def build_config(
     try:
         require_known_env(experiment.env)
     except ValueError as error:
-        raise CLIError(f"{experiment.path}: env: {_one_line(str(error))}") from None
+        raise CLIError(f"{experiment.path}: env: {one_line(str(error), limit=None)}") from None
     where = f"{experiment.path}: config"
     try:
         config.environment(experiment.env)
@@ -491,7 +474,9 @@ def build_config(
             config.learners(num_gpus_per_learner=num_gpus_per_learner)
         config.validate()
     except Exception as error:  # Any error here comes from the user's settings.
-        raise CLIError(f"{where}: {_one_line(str(error)) or type(error).__name__}") from None
+        raise CLIError(
+            f"{where}: {one_line(str(error), limit=None) or type(error).__name__}"
+        ) from None
     return config
 
 
@@ -565,19 +550,16 @@ def _private_setter_arguments(config: AlgorithmConfig, attributes: set[str]) -> 
     return arguments
 
 
-# ---------------------------------------------------------------------------------------------
-# Training.
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_resources(config: AlgorithmConfig) -> None:
+def check_resources(config: AlgorithmConfig) -> None:
     """Fails now, not after Tune waits forever, if this machine cannot host the trial."""
     if os.environ.get("RAY_ADDRESS"):
         return  # A cluster to connect to: it may autoscale, and Tune says what is missing.
     try:
         required = config.algo_class.default_resource_request(config.to_dict()).required_resources
     except Exception as error:  # The round trip Tune does to rebuild the config in the trial.
-        raise CLIError(f"config: {_one_line(str(error)) or type(error).__name__}") from None
+        raise CLIError(
+            f"config: {one_line(str(error), limit=None) or type(error).__name__}"
+        ) from None
     if ray.is_initialized():
         cluster = ray.cluster_resources()
         available = {"CPU": int(cluster.get("CPU", 0)), "GPU": int(cluster.get("GPU", 0))}
@@ -596,160 +578,7 @@ def _check_resources(config: AlgorithmConfig) -> None:
             )
 
 
-def _experiment_name(storage_path: Path, name: str) -> str:
-    """The YAML name, or the name with a timestamp if that directory already exists."""
-    if not (storage_path / name).exists():
-        return name
-    return f"{name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-
-
-def _format_return(value: Any) -> str:
-    if isinstance(value, int | float) and not math.isnan(value):
-        return f"{value:8.2f}"
-    return "     n/a"
-
-
-def _get(result: Mapping[str, Any], key: str) -> Any:
-    """Looks up a "/"-joined key in a nested result dict."""
-    node: Any = result
-    for part in key.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-class _ProgressPrinter(tune.Callback):
-    """Prints one line per training iteration, in the driver (Tune's own output is off)."""
-
-    @override(tune.Callback)
-    def on_trial_result(
-        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-    ) -> None:
-        steps = _get(result, NUM_ENV_STEPS_SAMPLED_LIFETIME) or 0
-        print(
-            f"iter {_get(result, TRAINING_ITERATION):4d} | "
-            f"env steps {int(steps):>9,} | "
-            f"return mean {_format_return(_get(result, RETURN_MEAN))} | "
-            f"time {_get(result, TIME_TOTAL_S) or 0.0:8.1f} s",
-            flush=True,
-        )
-
-
-def train(
-    experiment: Experiment,
-    config: AlgorithmConfig,
-    stop: Mapping[str, float],
-    *,
-    storage_path: Path,
-    checkpoint_freq: int = 0,
-) -> int:
-    """Trains one Tune trial of ``config`` until ``stop``; prints progress and a summary.
-
-    Starts a local Ray instance with every CPU of the machine unless Ray is running already
-    (or ``RAY_ADDRESS`` names a cluster), and shuts down only what it started.
-
-    Args:
-        experiment: Names the experiment directory and the summary.
-        config: A validated config, from :func:`build_config`.
-        stop: Stop criteria, from :func:`resolve_stop`; training ends when any is met.
-        storage_path: Absolute directory for Tune's results and checkpoints.
-        checkpoint_freq: Also checkpoint every this many iterations (0: only at the end).
-
-    Returns:
-        The exit status: 0 if training met a stop criterion and saved a checkpoint; 1 if it
-        failed, was interrupted, or saved no checkpoint.
-    """
-    name = _experiment_name(storage_path, experiment.name)
-    # Tune's new console output prints its own header even at verbose=0; the old one is silent
-    # there, which leaves our one line per iteration (RLlib's example runner does the same).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()  # Connecting to a cluster: its resources are fixed already.
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-    print(
-        f"Training {experiment.run} on {experiment.env} until any of {dict(stop)}; "
-        f"results in {storage_path / name}",
-        flush=True,
-    )
-    try:
-        tuner = tune.Tuner(
-            config.algo_class,
-            param_space=config,
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(storage_path),
-                stop=dict(stop),
-                verbose=0,
-                callbacks=[_ProgressPrinter()],
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=checkpoint_freq, checkpoint_at_end=True
-                ),
-            ),
-        )
-        result = tuner.fit()[0]
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-    if result.error is not None:
-        print(
-            f"rllib: training failed: {_one_line(str(result.error))}; the full traceback is in "
-            f"{result.path}/error.txt",
-            file=sys.stderr,
-        )
-        return 1
-    metrics = result.metrics or {}
-    returns = (
-        result.metrics_dataframe[RETURN_MEAN].dropna()
-        if result.metrics_dataframe is not None and RETURN_MEAN in result.metrics_dataframe
-        else None
-    )
-    reached = [
-        key
-        for key, value in stop.items()
-        if isinstance(_get(metrics, key), int | float) and _get(metrics, key) >= value
-    ]
-    print(
-        f"Stopped after {_get(metrics, TRAINING_ITERATION)} iterations, "
-        f"{int(_get(metrics, NUM_ENV_STEPS_SAMPLED_LIFETIME) or 0):,} env steps, "
-        f"{_get(metrics, TIME_TOTAL_S) or 0.0:.1f} s; reached: {reached or 'none'}.",
-        flush=True,
-    )
-    if returns is not None and len(returns):
-        target = stop.get(RETURN_MEAN)
-        verdict = (
-            f" (target {target:g}: {'reached' if returns.max() >= target else 'not reached'})"
-            if target is not None
-            else ""
-        )
-        print(
-            f"Mean episode return: last {returns.iloc[-1]:.2f}, best {returns.max():.2f}{verdict}",
-            flush=True,
-        )
-    if result.checkpoint is None:
-        print("rllib: training ended without a checkpoint.", file=sys.stderr)
-        return 1
-    print(
-        f"Checkpoint: {result.checkpoint.path}\n"
-        "Load it with ray.rllib.algorithms.algorithm.Algorithm.from_checkpoint(path).",
-        flush=True,
-    )
-    if not reached:
-        print("rllib: training was interrupted before any stop criterion.", file=sys.stderr)
-        return 1
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line.
-# ---------------------------------------------------------------------------------------------
-
-
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -759,7 +588,7 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -769,232 +598,6 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _resolve_storage_path(text: str) -> Path:
-    """Makes the storage path absolute, as Tune requires."""
-    path = Path(text).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"--storage-path {text!r} ({path}) is a file; pass a directory.")
-    return path
-
-
-def _make_storage_path(path: Path) -> None:
-    """Creates the storage directory (only that: existing files are left alone)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CLIError(
-            f"--storage-path {str(path)!r}: cannot create it ({error.strerror}); pass a "
-            "writable directory."
-        ) from None
-
-
-def _run_train_file(args: argparse.Namespace) -> int:
-    experiment = load_experiment(args.path)
-    stop = resolve_stop(experiment.stop, args.stop)
-    config = build_config(
-        experiment,
-        num_env_runners=args.num_env_runners,
-        num_gpus_per_learner=args.num_gpus_per_learner,
-    )
-    storage_path = _resolve_storage_path(args.storage_path)
-    _check_resources(config)
-    _make_storage_path(storage_path)  # The last check, and the first write.
-    return train(
-        experiment,
-        config,
-        stop,
-        storage_path=storage_path,
-        checkpoint_freq=args.checkpoint_freq,
-    )
-
-
-def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
-    train_parser = subparsers.add_parser(
-        "train",
-        help="train an algorithm",
-        description="Train an algorithm; `rllib train file PATH.yaml` reads the experiment "
-        "from a tuned-example YAML file.",
-    )
-    sources = train_parser.add_subparsers(dest="source", metavar="{file}", required=True)
-    file_parser = sources.add_parser(
-        "file",
-        help="train the one experiment of a tuned-example YAML file",
-        description="Train the one experiment of a tuned-example YAML file "
-        "(name: {run: DRQN|DQN, env: ..., stop: {...}, config: {...}}).",
-        epilog="Exit status: 0 when training met a stop criterion and saved a checkpoint (the "
-        "summary says whether the return target was met), 1 when training failed or was "
-        "interrupted, 2 for a bad command line, file or config (nothing is started or "
-        "written).",
-    )
-    file_parser.add_argument("path", metavar="PATH.yaml", help="the experiment file")
-    file_parser.add_argument(
-        "--stop",
-        metavar="JSON",
-        help="stop criteria as a JSON object, merged over the file's stop (keys: "
-        + ", ".join(STOP_KEYS)
-        + ")",
-    )
-    file_parser.add_argument(
-        "--checkpoint-freq",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="also checkpoint every N iterations (default 0: only at the end)",
-    )
-    file_parser.add_argument(
-        "--storage-path",
-        default=DEFAULT_STORAGE_PATH,
-        metavar="DIR",
-        help=f"where Tune writes results and checkpoints (default {DEFAULT_STORAGE_PATH})",
-    )
-    file_parser.add_argument(
-        "--num-env-runners",
-        type=_non_negative_int,
-        metavar="N",
-        help="override config num_env_runners (0: sample in the trial's own process)",
-    )
-    file_parser.add_argument(
-        "--num-gpus-per-learner",
-        type=_non_negative_float,
-        metavar="N",
-        help="override config num_gpus_per_learner",
-    )
-    file_parser.set_defaults(handler=_run_train_file)
-
-
-def _run_evaluate(args: argparse.Namespace) -> int:
-    def report(result: evaluation.FlickerResult) -> None:
-        print(
-            f"flicker prob {result.flicker_prob:4.2f} ({result.fraction_shown:4.0%} of frames "
-            f"shown) | return {result.mean:8.2f} +- {result.std:7.2f} over {result.episodes} "
-            "episodes",
-            flush=True,
-        )
-
-    try:
-        probs = evaluation.parse_flicker_probs(args.flicker_probs)
-        episodes = evaluation.check_num_episodes(args.episodes)
-        epsilon = evaluation.check_epsilon(args.epsilon)
-        max_episode_steps = evaluation.check_max_episode_steps(args.max_episode_steps)
-        spec = evaluation.inspect_checkpoint(args.checkpoint)
-        print(
-            f"Evaluating {spec.algorithm} checkpoint {spec.path} on {spec.env_name} at flicker "
-            f"probs {list(probs)}: {episodes} episodes each, epsilon {epsilon:g}, seed "
-            f"{args.seed}",
-            flush=True,
-        )
-        result = evaluation.evaluate(
-            spec,
-            probs,
-            episodes,
-            epsilon=epsilon,
-            seed=args.seed,
-            max_episode_steps=max_episode_steps,
-            out_dir=args.out,
-            video_dir=args.video,
-            progress=report,
-        )
-    except evaluation.EvaluationError as error:
-        raise CLIError(str(error)) from None
-    print(f"Table: {result.csv_path}\nJSON:  {result.json_path}\nPlot:  {result.plot_path}")
-    if result.video_path is not None:
-        print(f"Video: {result.video_path}")
-    return 0
-
-
-def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="play a checkpoint across flicker probabilities",
-        description="Play a checkpoint epsilon-greedily at each flicker probability (the "
-        "probability of blanking a frame) and write evaluation.csv, evaluation.json and "
-        "observability.png (mean return +- std against observability), as in Hausknecht & "
-        "Stone (2015), Figure 5.",
-        epilog="Exit status: 0 when done, 2 for a bad command line or checkpoint (checked "
-        "before any episode is played; nothing is written).",
-    )
-    parser.add_argument(
-        "checkpoint",
-        metavar="CHECKPOINT",
-        help="an algorithm checkpoint: <storage-path>/<experiment>/<trial>/checkpoint_00000N "
-        "from `rllib train file`, or a directory written by Algorithm.save_to_path()",
-    )
-    parser.add_argument(
-        "--flicker-probs",
-        required=True,
-        metavar="P,P,...",
-        help="comma-separated probabilities in [0, 1] of blanking a frame, e.g. "
-        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
-    )
-    parser.add_argument(
-        "--episodes", required=True, metavar="N", help="episodes per flicker probability (>= 1)"
-    )
-    parser.add_argument(
-        "--epsilon",
-        default=str(evaluation.DEFAULT_EPSILON),
-        metavar="E",
-        help="probability of a random action per step (default "
-        f"{evaluation.DEFAULT_EPSILON}, the paper's evaluation; 0: greedy)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=_non_negative_int,
-        default=0,
-        metavar="S",
-        help="episode i resets its env with seed S+i at every flicker probability (default 0)",
-    )
-    parser.add_argument(
-        "--max-episode-steps",
-        default=str(evaluation.DEFAULT_MAX_EPISODE_STEPS),
-        metavar="N",
-        help="cut an episode after N steps; its return so far counts (default "
-        f"{evaluation.DEFAULT_MAX_EPISODE_STEPS:,}, ALE's own cap; envs without a time limit, "
-        "such as StatelessCartPole, need one)",
-    )
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        help="where the table, JSON and plot go (default ./evaluation/<checkpoint name>; "
-        "never inside the checkpoint)",
-    )
-    parser.add_argument(
-        "--video",
-        metavar="DIR",
-        help="also save the first episode at the first flicker probability as a GIF in DIR",
-    )
-    parser.set_defaults(handler=_run_evaluate)
-
-
-#: One function per subcommand; each adds its parser and sets ``handler``.
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_train_parser,
-    _add_evaluate_parser,
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``rllib`` argument parser, one subparser per entry of ``_SUBCOMMANDS``."""
-    parser = argparse.ArgumentParser(
-        prog="rllib",
-        description="Train DRQN (rllib-drqn) or RLlib's DQN from tuned-example YAML files, "
-        "and evaluate checkpoints across observability.",
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_subcommand in _SUBCOMMANDS:
-        add_subcommand(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``rllib`` command; returns its exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except CLIError as error:
-        print(f"rllib: error: {error}", file=sys.stderr)
-        return 2
-
-
 def _did_you_mean(key: str, candidates: Sequence[str] | set[str]) -> str:
     close = difflib.get_close_matches(key, list(candidates), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -1002,7 +605,3 @@ def _did_you_mean(key: str, candidates: Sequence[str] | set[str]) -> str:
 
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
