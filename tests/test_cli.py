@@ -313,8 +313,12 @@ def test_train_one_iteration_leaves_a_checkpoint(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout
-    assert re.search(r"^iter +1 \| env steps +[\d,]+ \| return mean +[\d.]+ \| time", out, re.M)
+    progress = r"^iter +1 \| env steps +[\d,]+ \| +[\d.]+ steps/s \| return mean +[\d.]+ \| time"
+    # The file's stop has a step budget (25,000), so the line ends with an ETA to it.
+    assert re.search(progress + r" +[\d.]+ s \| ETA \d+:\d\d:\d\d$", out, re.M), out
     assert "reached: ['training_iteration']" in out
     checkpoints = [p for p in tmp_path.rglob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1
     assert f"Checkpoint: {checkpoints[0]}" in out
+    assert f"TensorBoard logs: tensorboard --logdir {tmp_path}" in out
+    assert any(tmp_path.rglob("events.out.tfevents.*"))

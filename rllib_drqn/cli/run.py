@@ -74,6 +74,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "RUN_FILE",
+    "SNAPSHOT_PERIOD_S",
     "RunSettings",
     "add_parser",
     "find_experiment_dir",
@@ -89,6 +90,10 @@ EXIT_ABORTED: Final[int] = 130  # 128 + SIGINT, what a shell reports for a Ctrl-
 DEFAULT_CHECKPOINT_FREQ: Final[int] = 10
 #: Keep the newest this many checkpoints (Tune deletes older ones once a newer one is saved).
 DEFAULT_NUM_TO_KEEP: Final[int] = 2
+
+#: Seconds between Tune's snapshots of its experiment state (``TUNE_GLOBAL_CHECKPOINT_S``,
+#: unless set): a checkpoint older than this when the machine dies is the one resume finds.
+SNAPSHOT_PERIOD_S: Final[str] = "1"
 
 #: Written into the experiment directory at start: what ``--resume`` checks the file against.
 RUN_FILE: Final[str] = "rllib_run.json"
@@ -232,8 +237,8 @@ def _check_resumable(
         if child.is_dir() and child.name > checkpoint.name:
             print(
                 f"Skipping {child.name}: Tune's experiment state does not record it (it was "
-                "cut off while saving, or saved after Tune's last snapshot of the state, "
-                f"which lags by up to ~10 s); resuming from {checkpoint.name}.",
+                "cut off while saving, or saved in the last second before the run was "
+                f"killed); resuming from {checkpoint.name}, the newest one it records.",
                 flush=True,
             )
     return _ResumePoint(
@@ -483,7 +488,17 @@ def train(
     # Tune's new console output prints its own header even at verbose=0; the old one is silent
     # there, which leaves our one line per iteration (RLlib's example runner does the same).
     # Tune's own SIGINT handler would stop without a checkpoint: ours asks for one first.
-    with _environment(RAY_AIR_NEW_OUTPUT="0", TUNE_DISABLE_SIGINT_HANDLER="1"):
+    # Tune records a checkpoint in its experiment state, the file resume reads, only at its
+    # next snapshot of that state: by default every 10 s or more, forced only every
+    # num_to_keep checkpoints (tune/execution/experiment_state.py, sync_up_experiment_state).
+    # A kill in between loses the newest checkpoints (or, early on, all of them) to resume;
+    # a snapshot at most every second costs one write of a few hundred KB a second.
+    snapshot_period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
+    with _environment(
+        RAY_AIR_NEW_OUTPUT="0",
+        TUNE_DISABLE_SIGINT_HANDLER="1",
+        TUNE_GLOBAL_CHECKPOINT_S=snapshot_period,
+    ):
         if started_ray:
             setup = {"worker_process_setup_hook": _silence_noise}
             if os.environ.get("RAY_ADDRESS"):
@@ -560,14 +575,6 @@ def _summarize(
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if progress.interruption.signal_name is not None and progress.interrupted_checkpoint:
-        print(
-            f"Stopped by {progress.interruption.signal_name}; checkpoint "
-            f"{progress.interrupted_checkpoint}. Resume with:\n"
-            f"  {_resume_command(experiment, experiment_dir)}",
-            flush=True,
-        )
-        return EXIT_INTERRUPTED
     metrics = result.metrics or {}
     returns = (
         result.metrics_dataframe[RETURN_MEAN].dropna()
@@ -579,6 +586,14 @@ def _summarize(
         for key, value in stop.items()
         if isinstance(_get(metrics, key), int | float) and _get(metrics, key) >= value
     ]
+    if not reached and progress.interruption.signal_name and progress.interrupted_checkpoint:
+        print(
+            f"Stopped by {progress.interruption.signal_name}; checkpoint "
+            f"{progress.interrupted_checkpoint}. Resume with:\n"
+            f"  {_resume_command(experiment, experiment_dir)}",
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
     print(
         f"Stopped after {_get(metrics, TRAINING_ITERATION)} iterations, "
         f"{int(_get(metrics, NUM_ENV_STEPS_SAMPLED_LIFETIME) or 0):,} env steps, "
