@@ -74,7 +74,9 @@ def start(tmp_path: Path, yaml_file: Path, *extra: str) -> tuple[subprocess.Pope
     """Starts ``rllib train file`` in its own process group; its output goes to a log file."""
     log = tmp_path / f"run-{time.monotonic_ns()}.log"
     command = [sys.executable, "-m", "rllib_drqn", "train", "file", str(yaml_file)]
-    command += ["--checkpoint-freq", "1", "--storage-path", str(tmp_path / "results"), *extra]
+    # Every checkpoint is kept, so that the test can read the ones it compares after the fact.
+    command += ["--checkpoint-freq", "1", "--keep", "1000"]
+    command += ["--storage-path", str(tmp_path / "results"), *extra]
     process = subprocess.Popen(
         command,
         stdout=log.open("w"),
