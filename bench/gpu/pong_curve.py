@@ -13,9 +13,9 @@
    epsilon decay, replay capacity, iteration length) and the tuned example's replay ratio kept
    for any number of env runners (``training_intensity``). ``settings.json`` records both.
 2. Training is the project's ``rllib train file`` (one Tune trial, RLlib's DQN loop, the GPU
-   learner); Tune writes ``progress.csv`` after every iteration, so a run that is killed by
+   learner); Tune writes ``result.json`` after every iteration, so a run that is killed by
    its stage timeout still leaves its curve on disk.
-3. ``report`` reads only the saved ``progress.csv`` (never a live run) and writes
+3. ``report`` reads only the saved ``result.json`` (never a live run) and writes
    ``curve.csv`` (env steps, wall s, return mean, ...), ``curve.png`` and ``summary.json``
    (the machine, the settings, the final numbers). It can be rerun on copied-back files.
 
@@ -43,7 +43,7 @@ from common import machine_info, write_json  # bench/common.py
 
 __all__ = ["BUDGETS", "CURVE_COLUMNS", "main", "prepare", "read_progress", "report"]
 
-#: progress.csv column -> curve.csv column. The first three are the curve the issue asks for.
+#: Tune result key ("/"-joined) -> curve.csv column; the first three are the curve itself.
 CURVE_COLUMNS: Final[Mapping[str, str]] = {
     "num_env_steps_sampled_lifetime": "env_steps",
     "time_total_s": "wall_s",
@@ -181,26 +181,45 @@ def _write_and_check(
 
 
 def read_progress(run_dir: Path) -> list[dict[str, float | None]]:
-    """Reads the newest Tune ``progress.csv`` under ``run_dir/results`` as curve rows."""
+    """Reads the newest Tune trial's ``result.json`` under ``run_dir/results`` as curve rows.
+
+    ``result.json`` (one full result per line, written after every iteration), not
+    ``progress.csv``: Tune fixes the CSV's columns at the first iteration, so a metric that
+    first appears later (the return mean before any episode ended, the learner's counters
+    before learning started) never reaches the CSV.
+    """
     candidates = sorted(
-        (run_dir / "results").glob("*/*/progress.csv"), key=lambda p: p.stat().st_mtime
+        (run_dir / "results").glob("*/*/result.json"), key=lambda p: p.stat().st_mtime
     )
     if not candidates:
         raise FileNotFoundError(
-            f"no progress.csv under {run_dir / 'results'}: the training step wrote no iteration "
+            f"no result.json under {run_dir / 'results'}: the training step wrote no iteration "
             "(see its log next to it)."
         )
     rows = []
-    with candidates[-1].open(newline="") as handle:
-        for record in csv.DictReader(handle):
-            rows.append(
-                {name: _number(record.get(column)) for column, name in CURVE_COLUMNS.items()}
-            )
+    for line in candidates[-1].read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:  # The last line of a killed run may be cut short.
+            continue
+        rows.append({name: _number(_get(result, key)) for key, name in CURVE_COLUMNS.items()})
     return rows
+
+
+def _get(result: Mapping[str, Any], key: str) -> Any:
+    node: Any = result
+    for part in key.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def report(run_dir: Path, training_exit_status: int | None = None) -> dict[str, Any]:
     """Writes ``curve.csv``, ``curve.png`` and ``summary.json`` into ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     settings_path = run_dir / SETTINGS_FILE
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else None
     try:
@@ -267,10 +286,10 @@ def _plot(rows: Sequence[Mapping[str, float | None]], path: Path, settings: Any)
     plt.close(figure)
 
 
-def _number(text: str | None) -> float | None:
+def _number(value: Any) -> float | None:
     try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
+        value = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
         return None
     return None if value is None or math.isnan(value) else value
 
