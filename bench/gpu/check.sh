@@ -53,6 +53,7 @@ if ((TINY)); then
     PONG_S=6
     FLICKER_S=4
     TRAIN_SLACK=300  # Ray and Tune start-up, the build and the final checkpoint, on 2 cores.
+    ENV_TIMEOUT=300
     BUDGET=tiny
 else
     THROUGHPUT_ARGS=(--iterations 10 --seconds 60 --steps 1000)
@@ -60,6 +61,7 @@ else
     PONG_S=120
     FLICKER_S=60  # The least worth starting; it gets whatever TOTAL_S leaves.
     TRAIN_SLACK=60
+    ENV_TIMEOUT=120
     BUDGET=gpu
 fi
 
@@ -158,7 +160,7 @@ train() {
 export -f environment train
 export CPU BUDGET PYTHON OUT ENV_RUNNERS GPUS_PER_LEARNER TRAIN_SLACK
 
-stage env 120 environment
+stage env "$ENV_TIMEOUT" environment
 cat "$OUT/env.log"
 
 stage throughput "$THROUGHPUT_TIMEOUT" "$PYTHON" bench/throughput.py --device "$DEVICE" \

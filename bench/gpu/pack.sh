@@ -64,9 +64,11 @@ echo "== downloading cp312 manylinux x86-64 wheels into $WHEELS (cached)"
 
 echo "== building the project's wheel from the working tree"
 rm -f "$WHEELS"/rllib_drqn-*.whl
+had_build=0
+[[ -e "$ROOT/build" ]] && had_build=1
 "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WHEELS" "$ROOT" >/dev/null
-# setuptools leaves its build folder in the tree; it is git-ignored but not needed.
-rm -rf "$ROOT/build"
+# setuptools leaves a build folder in the tree (git-ignored); remove it only if it made it.
+((had_build)) || rm -rf "$ROOT/build"
 
 echo "== unpacking into $SITE"
 rm -rf "$SITE"

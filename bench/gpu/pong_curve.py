@@ -240,6 +240,8 @@ def report(run_dir: Path, training_exit_status: int | None = None) -> dict[str, 
     wall = last.get("wall_s")
     batch = (settings or {}).get("train_batch_size_per_learner")
     trained = last.get("timesteps_trained")
+    # Approximate: RLlib counts the rows a batch trains on, not updates, and its count for
+    # DRQN's [B, T] batches is not exactly B * T per update (Ray 2.60 reports no update count).
     updates = trained / batch if trained is not None and batch else None
     summary = {
         "what": "short DRQN training run (bench/gpu/pong_curve.py); rates over Tune's time_total_s",
@@ -255,9 +257,9 @@ def report(run_dir: Path, training_exit_status: int | None = None) -> dict[str, 
             "return_mean_last": returns[-1] if returns else None,
             "return_mean_best": max(returns) if returns else None,
             "timesteps_trained": trained,
-            "learner_updates": updates,
+            "learner_updates_approx": updates,
             "env_steps_per_s": _rate(last.get("env_steps"), wall),
-            "updates_per_s": _rate(updates, wall),
+            "updates_per_s_approx": _rate(updates, wall),
         },
     }
     write_json(run_dir / "summary.json", summary)
