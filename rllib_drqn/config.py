@@ -102,6 +102,9 @@ class DRQNConfig(DQNConfig):
         # reached a mean return of 0.47 of 1.0 on a Discrete memory task in 20k env steps.
         self.lr = 1e-3
         self.epsilon = [(0, 1.0), (5_000, 0.02)]
+        #: 3-step targets inside each sequence (R2D2's n-step, 5 there): rewards reach the
+        #: steps that earned them in a third of the updates.
+        self.n_step = 3
         #: One update per 4 env steps (Nature DQN's interval): 4 steps per sample.
         self.rollout_fragment_length = 4
         #: The reported mean return follows the last 20 episodes, not RLlib's 100, so it
