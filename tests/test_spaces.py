@@ -334,3 +334,59 @@ def test_delayed_recall_needs_the_cue_from_delay_plus_one_steps_back() -> None:
         make_delayed_recall({"delays": 4})
     with pytest.raises(ValueError, match="num_cues must be an integer >= 2, got 1"):
         make_delayed_recall({"num_cues": 1})
+
+
+DICT_WITHOUT_PIXELS = gym.spaces.Dict({"frame": IMAGE, "cue": gym.spaces.Discrete(2)})
+
+
+@pytest.mark.parametrize(
+    ("configure", "error", "match"),
+    [
+        (
+            lambda c: c.environment("Pendulum-v1").rl_module(
+                model_config={"lstm_use_prev_action": True}
+            ),
+            TypeError,
+            r"got Box\(-2.0, 2.0, \(1,\), float32\).*lstm_use_prev_action also needs it",
+        ),
+        (
+            lambda c: c.environment("DelayedRecall").rl_module(model_config={"cell_type": "rnn"}),
+            ValueError,
+            r"Unknown model_config\['cell_type'\]='rnn'; use one of \['lstm', 'gru'\]",
+        ),
+        (
+            lambda c: c.environment(
+                observation_space=DICT_WITHOUT_PIXELS, action_space=gym.spaces.Discrete(2)
+            ).rl_module(model_config={"image_key": "pixels"}),
+            ValueError,
+            r"image_key'\]='pixels' is not a key .* keys are \['cue', 'frame'\]",
+        ),
+        (
+            lambda c: c.environment(
+                observation_space=gym.spaces.Text(5), action_space=gym.spaces.Discrete(2)
+            ),
+            TypeError,
+            r"cannot encode the observation space Text\(",
+        ),
+    ],
+)
+def test_bad_spaces_and_keys_raise_in_the_driver(configure: Any, error: type, match: str) -> None:
+    config = configure(DRQNConfig())
+    with pytest.raises(error, match=match):
+        config.validate()
+
+
+def test_paper_preset_pins_the_papers_settings_over_the_small_task_defaults() -> None:
+    from rllib_drqn import presets
+
+    defaults, paper = DRQNConfig(), presets.drqn_paper()
+    assert (defaults.n_step, defaults.lr, defaults.rollout_fragment_length) == (3, 1e-3, 4)
+    assert (paper.n_step, paper.lr, paper.rollout_fragment_length) == (1, 1e-4, 1)
+    assert paper.metrics_num_episodes_for_smoothing == 100
+    assert (paper.update_mode, paper.burn_in_len, paper.num_envs_per_env_runner) == ("random", 0, 4)
+    assert paper.model_config["lstm_cell_size"] == 512
+    assert paper.epsilon == [(0, 1.0), (250_000, 0.01)]
+    # Unset, the cell size follows the observations: the paper's 512 for frames.
+    from rllib_drqn.module import default_cell_size
+
+    assert default_cell_size(IMAGE) == 512 and default_cell_size(gym.spaces.Discrete(3)) == 128
