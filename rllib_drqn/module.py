@@ -513,7 +513,7 @@ def resolve_model_config(model_config: dict[str, Any] | None) -> dict[str, Any]:
             "itself). Fix the spelling or remove them from `model_config`."
         )
     config = {**DRQN_MODEL_DEFAULTS, **user_config}
-    for key, example in (("lstm_cell_size", VECTOR_CELL_SIZE), ("max_seq_len", 10)):
+    for key, example in (("lstm_cell_size", IMAGE_CELL_SIZE), ("max_seq_len", 10)):
         value = config[key]
         if key == "lstm_cell_size" and value is None:
             continue
