@@ -8,9 +8,20 @@ column, then ``BatchIndividualItems``. On StatelessCartPole that took 5 ms of an
 steps, one batch row each, so the same batch is each sequence's stored arrays, sliced, zero
 padded to ``max_seq_len`` and stacked. ``AddSequencesToBatch`` does that, and hands anything
 else (a batch that custom pieces already filled, longer or unfinalized episodes, nested
-observations, a multi-agent module) to RLlib's pieces unchanged.
+a multi-agent module) to RLlib's pieces unchanged. ``Tuple``/``Dict`` observations are batched
+leaf by leaf.
 ``tests/test_batching.py`` checks that both give the same batch, column by column, in every
 update mode.
+
+The previous action and reward (``model_config['lstm_use_prev_action']`` /
+``['lstm_use_prev_reward']``) are columns computed from what the episode already holds, never
+stored: ``AddPrevActionsRewardsToBatch`` adds a_{t-1} and r_{t-1} while acting (from the
+ongoing episode) and on RLlib's learner path; ``AddSequencesToBatch`` reads them from each
+replayed sequence's actions and rewards and its lookback step (the step before its start).
+Both give ``-1`` and ``0`` at an episode's first step. Why not RLlib's ``PrevActionsPrevRewards``
+(``ray/rllib/connectors/env_to_module/prev_actions_prev_rewards.py``): it rewrites each
+observation into a Dict holding a float one-hot of the action, which replay would then store
+at every step, and it does not run in a learner pipeline.
 """
 
 from __future__ import annotations
@@ -47,7 +58,107 @@ from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.numpy import convert_to_numpy
 
-__all__ = ["AddSequencesToBatch", "use_sequence_batching"]
+from rllib_drqn.module import PREV_ACTIONS, PREV_REWARDS, uses_prev_inputs
+
+__all__ = [
+    "AddPrevActionsRewardsToBatch",
+    "AddSequencesToBatch",
+    "add_prev_inputs_piece",
+    "use_sequence_batching",
+]
+
+#: a_{t-1} and r_{t-1} at an episode's first step (the module's one-hot of -1 is all zeros).
+_NO_PREV_ACTION = -1
+_NO_PREV_REWARD = 0.0
+
+
+class AddPrevActionsRewardsToBatch(ConnectorV2):
+    """Adds ``PREV_ACTIONS``/``PREV_REWARDS`` from the episodes, when the module reads them.
+
+    As an env-to-module piece (after RLlib's ``AddObservationsFromEpisodesToBatch``) it adds one
+    item per episode: the action and reward before the observation being acted on, read from
+    the episode as RLlib's ``PrevActionsPrevRewards`` reads them (``get_actions(-1)``; a chunk
+    that continues an episode keeps that step in its lookback). As a learner piece (first in
+    RLlib's default batching pieces) it adds one item per step of each episode.
+    """
+
+    def __init__(
+        self,
+        input_observation_space: gym.Space | None = None,
+        input_action_space: gym.Space | None = None,
+        *,
+        as_learner_connector: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        self._as_learner_connector = as_learner_connector
+
+    @override(ConnectorV2)
+    def __call__(
+        self,
+        *,
+        rl_module: RLModule,
+        batch: dict[str, Any],
+        episodes: list[Any],
+        **kwargs: Any,
+    ) -> Any:
+        module = _the_module(rl_module)
+        if module is None or not uses_prev_inputs(module.model_config) or PREV_ACTIONS in batch:
+            return batch
+        for episode in self.single_agent_episode_iterator(
+            episodes, agents_that_stepped_only=not self._as_learner_connector
+        ):
+            if self._as_learner_connector:
+                actions, rewards = _prev_steps(episode)
+                for column, items in ((PREV_ACTIONS, actions), (PREV_REWARDS, rewards)):
+                    self.add_n_batch_items(
+                        batch,
+                        column,
+                        items_to_add=items,
+                        num_items=len(episode),
+                        single_agent_episode=episode,
+                    )
+                continue
+            if episode.t == 0:
+                action, reward = _NO_PREV_ACTION, _NO_PREV_REWARD
+            else:
+                action, reward = episode.get_actions(-1), episode.get_rewards(-1)
+            self.add_batch_item(batch, PREV_ACTIONS, np.int64(action), episode)
+            self.add_batch_item(batch, PREV_REWARDS, np.float32(reward), episode)
+        return batch
+
+
+def add_prev_inputs_piece(pipeline: ConnectorPipelineV2) -> None:
+    """Puts ``AddPrevActionsRewardsToBatch`` after the env-to-module pipeline's obs piece.
+
+    A pipeline without RLlib's default pieces gets it first; it does nothing for a module that
+    reads no previous action or reward.
+    """
+    piece = AddPrevActionsRewardsToBatch(
+        pipeline.input_observation_space, pipeline.input_action_space
+    )
+    kinds = [type(existing).__name__ for existing in pipeline.connectors]
+    if "AddObservationsFromEpisodesToBatch" in kinds:
+        pipeline.insert_after("AddObservationsFromEpisodesToBatch", piece)
+    else:
+        pipeline.prepend(piece)
+
+
+def _prev_steps(episode: SingleAgentEpisode) -> tuple[np.ndarray, np.ndarray]:
+    """a_{t-1}, r_{t-1} for each step of ``episode`` (its lookback step before step 0)."""
+    actions = np.asarray(episode.get_actions(slice(0, len(episode))), dtype=np.int64)
+    rewards = np.asarray(episode.get_rewards(slice(0, len(episode))), dtype=np.float32)
+    first_action, first_reward = _first_prev(episode)
+    prev_actions = np.concatenate([[first_action], actions[:-1]]).astype(np.int64)
+    prev_rewards = np.concatenate([[first_reward], rewards[:-1]]).astype(np.float32)
+    return prev_actions, prev_rewards
+
+
+def _first_prev(episode: SingleAgentEpisode) -> tuple[int, float]:
+    """a_{t-1}, r_{t-1} of the episode's step 0: its lookback step, or none at t=0."""
+    if episode.t_started == 0 or episode.actions.lookback < 1:
+        return _NO_PREV_ACTION, _NO_PREV_REWARD
+    return int(_step(episode.actions, -1)), float(_step(episode.rewards, -1))
 
 
 def _rllib_default_pieces() -> list[ConnectorV2]:
@@ -79,8 +190,15 @@ class AddSequencesToBatch(ConnectorV2):
         **kwargs: Any,
     ) -> None:
         super().__init__(input_observation_space, input_action_space, **kwargs)
+        # The previous action and reward first, so RLlib's pieces pad and split them as the
+        # other columns.
         self.rllib_pieces = ConnectorPipelineV2(
-            input_observation_space, input_action_space, connectors=_rllib_default_pieces()
+            input_observation_space,
+            input_action_space,
+            connectors=[
+                AddPrevActionsRewardsToBatch(as_learner_connector=True),
+                *_rllib_default_pieces(),
+            ],
         )
 
     @override(ConnectorV2)
@@ -132,6 +250,13 @@ def use_sequence_batching(pipeline: ConnectorPipelineV2) -> bool:
     return True
 
 
+def _the_module(rl_module: RLModule | None) -> RLModule | None:
+    """The single-agent module (of a ``MultiRLModule`` with only the default one), if any."""
+    if isinstance(rl_module, MultiRLModule):
+        return rl_module.get(DEFAULT_MODULE_ID)
+    return rl_module
+
+
 def _the_single_module(rl_module: RLModule) -> RLModule | None:
     """The learner's one stateful module, or ``None`` for anything RLlib's pieces should do."""
     if not isinstance(rl_module, MultiRLModule) or set(rl_module.keys()) != {DEFAULT_MODULE_ID}:
@@ -151,8 +276,11 @@ def _batchable(episodes: list[Any], module: RLModule) -> bool:
             isinstance(episode, SingleAgentEpisode)
             and episode.is_numpy
             and 0 < len(episode) <= max_seq_len
-            and isinstance(episode.observations.data, np.ndarray)
+            and all(
+                isinstance(leaf, np.ndarray) for leaf in tree.flatten(episode.observations.data)
+            )
             and isinstance(episode.actions.data, np.ndarray)
+            and isinstance(episode.rewards.data, np.ndarray)
         ):
             return False
         extra = episode.extra_model_outputs
@@ -187,8 +315,10 @@ def _step(buffer: InfiniteLookbackBuffer, index: int) -> Any:
     return tree.map_structure(lambda array: array[at], buffer.data)
 
 
-def _padded(rows: list[np.ndarray], max_seq_len: int) -> np.ndarray:
-    """``[B, max_seq_len, ...]``, each row zero-padded after its own length."""
+def _padded(rows: list[Any], max_seq_len: int) -> Any:
+    """``[B, max_seq_len, ...]``, each row zero-padded after its own length (leaf by leaf)."""
+    if not isinstance(rows[0], np.ndarray):
+        return tree.map_structure(lambda *leaves: _padded(list(leaves), max_seq_len), *rows)
     out = np.zeros((len(rows), max_seq_len, *rows[0].shape[1:]), dtype=rows[0].dtype)
     for index, row in enumerate(rows):
         out[index, : len(row)] = row
@@ -218,6 +348,12 @@ def _sequences_to_batch(episodes: list[SingleAgentEpisode], module: RLModule) ->
     for key in episodes[0].extra_model_outputs:
         if key not in (Columns.STATE_OUT, Columns.STATE_IN):
             module_batch[key] = column(lambda e, k=key: e.extra_model_outputs[k])
+    if uses_prev_inputs(module.model_config):
+        # Step t's inputs are a_{t-1} and r_{t-1}: the sequence's actions and rewards shifted
+        # by one, after the step before its start (its lookback step; none at t=0).
+        prev = [_prev_steps(episode) for episode in episodes]
+        module_batch[PREV_ACTIONS] = _padded([actions for actions, _ in prev], max_seq_len)
+        module_batch[PREV_REWARDS] = _padded([rewards for _, rewards in prev], max_seq_len)
     module_batch[Columns.SEQ_LENS] = lengths
     module_batch[Columns.LOSS_MASK] = np.arange(max_seq_len)[None, :] < lengths[:, None]
 

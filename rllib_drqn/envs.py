@@ -45,9 +45,12 @@ from gymnasium.wrappers import (
 )
 
 __all__ = [
+    "DELAYED_RECALL",
     "FLICKERING_ATARI",
     "STATELESS_CARTPOLE",
+    "DelayedRecall",
     "FlickerObservation",
+    "make_delayed_recall",
     "make_flickering_atari",
     "make_stateless_cartpole",
     "register_envs",
@@ -375,8 +378,75 @@ def make_stateless_cartpole(
     return env
 
 
+# ---- DelayedRecall: a small memory task with Discrete observations ---------------------------
+
+DELAYED_RECALL: Final[str] = "DelayedRecall"
+"""Name under which :func:`register_envs` registers :func:`make_delayed_recall` with Ray."""
+
+_DELAYED_RECALL_KEYS: Final[tuple[str, ...]] = ("num_cues", "delay")
+
+
+class DelayedRecall(gym.Env[np.int64, np.int64]):
+    """Remember a cue through ``delay`` blank steps, then name it: memory or chance.
+
+    Step 0 shows one of ``num_cues`` cues (observations ``0 .. num_cues - 1``); the next
+    ``delay`` steps show a blank (``num_cues``); the last step shows a query
+    (``num_cues + 1``). The action taken at the query earns 1 if it names the cue and ends
+    the episode; every other action earns 0 and does nothing. The answer therefore depends on
+    the observation ``delay + 1`` steps back: a memory-less agent sees the same query whatever
+    the cue and scores ``1 / num_cues`` on average, one with memory scores 1.
+
+    Example::
+
+        env = DelayedRecall(num_cues=2, delay=4)
+        env.observation_space  # Discrete(4): cues 0-1, blank 2, query 3
+        env.action_space  # Discrete(2): the cue named at the query
+        obs, _ = env.reset(seed=0)  # a cue; then 4 blanks; then the query
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, num_cues: int = 2, delay: int = 4) -> None:
+        self.num_cues = _check_int("num_cues", num_cues, 2, "Set e.g. num_cues=2.")
+        self.delay = _check_int("delay", delay, 0, "Set e.g. delay=4.")
+        self.observation_space = gym.spaces.Discrete(self.num_cues + 2)
+        self.action_space = gym.spaces.Discrete(self.num_cues)
+        self._cue = 0
+        self._t = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.int64, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._cue = int(self.np_random.integers(self.num_cues))
+        self._t = 0
+        return np.int64(self._cue), {}
+
+    def step(self, action: Any) -> tuple[np.int64, float, bool, bool, dict[str, Any]]:
+        if not self.action_space.contains(action):
+            raise ValueError(f"DelayedRecall got action {action!r}; expected {self.action_space}.")
+        if self._t == self.delay + 1:  # The query step: answer and end.
+            reward = float(int(action) == self._cue)
+            return np.int64(self.num_cues + 1), reward, True, False, {}
+        self._t += 1
+        obs = self.num_cues + 1 if self._t == self.delay + 1 else self.num_cues
+        return np.int64(obs), 0.0, False, False, {}
+
+
+def make_delayed_recall(env_config: Mapping[str, Any] | None = None) -> DelayedRecall:
+    """Builds :class:`DelayedRecall` from an env config (keys ``num_cues``, ``delay``)."""
+    env_config = {} if env_config is None else env_config
+    if not isinstance(env_config, Mapping):
+        raise TypeError(
+            f"env_config must be a dict (or RLlib EnvContext), got {env_config!r} "
+            f"({type(env_config).__name__}). Pass {{}} or e.g. {{'num_cues': 2, 'delay': 4}}."
+        )
+    _reject_unknown_keys(env_config, _DELAYED_RECALL_KEYS, DELAYED_RECALL)
+    return DelayedRecall(**dict(env_config))
+
+
 def register_envs() -> None:
-    """Registers ``FlickeringAtari`` and ``StatelessCartPole`` with Ray Tune's env registry.
+    """Registers ``FlickeringAtari``, ``StatelessCartPole`` and ``DelayedRecall`` with Ray Tune.
 
     After this, ``AlgorithmConfig.environment("FlickeringAtari", env_config=...)`` works on
     every worker of the cluster. Safe to call any number of times: registering a name again
@@ -387,6 +457,7 @@ def register_envs() -> None:
 
     register_env(FLICKERING_ATARI, make_flickering_atari)
     register_env(STATELESS_CARTPOLE, make_stateless_cartpole)
+    register_env(DELAYED_RECALL, make_delayed_recall)
 
 
 def _reward_sign(reward: Any) -> float:

@@ -58,11 +58,16 @@ def drqn_paper(game: str = "Pong", flicker_prob: float = 0.5) -> DRQNConfig:
         .env_runners(**_ENV_RUNNERS)
         .training(
             update_mode="random",
+            # Pinned: DRQNConfig's own defaults are for small tasks (3-step targets).
+            n_step=1,
             num_sequences_per_batch=32,
             replay_buffer_config={**config.replay_buffer_config, "capacity": _REPLAY_CAPACITY},
             **_ATARI_TRAINING,
         )
         .rl_module(model_config={"lstm_cell_size": 512, "max_seq_len": 10})
+        # Pinned: DRQNConfig reports the mean of 20 episodes, RLlib's DQN (and the YAMLs' stop
+        # returns) 100.
+        .reporting(metrics_num_episodes_for_smoothing=100)
     )
 
 

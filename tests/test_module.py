@@ -226,7 +226,17 @@ def test_bad_model_config_names_the_value_and_fix(model_config: dict, match: str
     ("obs_space", "error", "match"),
     [
         (gym.spaces.Box(0, 1, (4, 4), np.float32), ValueError, r"got shape \(4, 4\)"),
-        (gym.spaces.Discrete(3), TypeError, "needs a Box observation space"),
+        (gym.spaces.Text(8), TypeError, r"cannot encode the observation space Text\("),
+        (
+            gym.spaces.Graph(gym.spaces.Box(0, 1, (2,)), gym.spaces.Discrete(2)),
+            TypeError,
+            r"cannot encode the observation space Graph\(.*fixed-size Box",
+        ),
+        (
+            gym.spaces.Dict({"seq": gym.spaces.Sequence(gym.spaces.Discrete(3))}),
+            TypeError,
+            r"cannot encode the observation space Sequence\(Discrete\(3\).* at seq",
+        ),
     ],
 )
 def test_unsupported_observation_space_raises(obs_space, error, match) -> None:
