@@ -447,7 +447,7 @@ class AsyncDRQNLoop:
         algo.metrics.log_value(
             (RATE_LIMITER_RESULTS, "num_timesteps_trained_lifetime"),
             self.batch_timesteps,
-            reduce="sum",
+            reduce="lifetime_sum",
         )
         self.updates_since_broadcast += 1
         if self.updates_since_broadcast >= config.broadcast_interval:
@@ -499,7 +499,9 @@ class AsyncDRQNLoop:
             for runner_id in range(1, env_runner_group.num_remote_env_runners() + 1)
             if runner_id not in healthy
         ]
-        if unhealthy:
+        # One ping at a time: Ray 2.60 answers a restarting actor's calls at once with
+        # ActorUnavailableError, so pings are resent until one gets through.
+        if unhealthy and env_runner_group.num_in_flight_async_reqs(tag=_PROBE_TAG) == 0:
             env_runner_group.foreach_env_runner_async(
                 "ping", tag=_PROBE_TAG, healthy_only=False, remote_worker_ids=unhealthy
             )
@@ -523,6 +525,8 @@ class AsyncDRQNLoop:
         if algo.config.per_runner_epsilon:
             apply_runner_epsilons(env_runner_group, restored)
         algo.metrics.log_value(
-            (RATE_LIMITER_RESULTS, "num_env_runners_restored"), len(restored), reduce="sum"
+            (RATE_LIMITER_RESULTS, "num_env_runners_restored"),
+            len(restored),
+            reduce="lifetime_sum",
         )
         return restored
