@@ -5,6 +5,7 @@ Run (from the repository root; minutes on a 2-core CPU)::
     python bench/throughput.py                      # 10 rounds of 10 updates each, CPU
     python bench/throughput.py --device cuda        # learner on the GPU (exits 0 without one)
     python bench/throughput.py --smoke              # seconds; what CI runs
+    python bench/throughput.py --async-vs-sync      # async loop vs RLlib's sync loop
 
 What it measures, in one process with ``torch.set_num_threads(--torch-threads)``:
 
@@ -20,7 +21,16 @@ What it measures, in one process with ``torch.set_num_threads(--torch-threads)``
    random actions through the same FlickeringAtari wrapper stack, and the bare ALE env
    (``ALE/Pong-v5`` with frameskip 4, no wrappers).
 
-Target (issue 5): DRQN >= 1.5x the peer on every training rate.
+3. **Async vs sync** (``--async-vs-sync``, only this section): DRQN with stored state on
+   StatelessCartPole (the tuned recipe's sizes) and flickering Pong, 1 and 2 remote env
+   runners (half a CPU each), learner in the driver: RLlib's synchronous DQN loop against
+   ``async_training=True`` at the same replay ratio (one update per 2 env steps on
+   StatelessCartPole, per 4 on Pong; the sync loop's fragment is split over its runners).
+   Iterations alternate; per loop: env steps/s, updates/s, the replay ratio achieved in the
+   measured window, and async / sync.
+
+Targets: issue 5, DRQN >= 1.5x the peer on every training rate; issue 11, async >= 1.5x sync
+env steps/s at the same replay ratio on StatelessCartPole.
 """
 
 from __future__ import annotations
@@ -464,7 +474,10 @@ def main_async_vs_sync(args: Any) -> int:
         "target": "async >= 1.5x sync env steps/s at the same replay ratio (StatelessCartPole)",
         "rows": rows,
     }
-    path = write_json(args.out.replace(".json", "_async_vs_sync.json"), payload)
+    out = args.out
+    if out == "bench/out/throughput.json":  # The default: keep the main section's file.
+        out = "bench/out/throughput_async_vs_sync.json"
+    path = write_json(out, payload)
     print(
         format_table(
             f"Async vs sync DRQN (stored state), learner in the driver, "
