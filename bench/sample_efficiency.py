@@ -20,6 +20,9 @@ steps):
   with 1-step targets: its sequence replay asserts ``n_step == 1``.
 - ``DQN (no memory)``: DQN with a 64-unit dense layer where the others have the LSTM; the
   same number of transitions per update.
+- ``DRQN stored async`` (not in the default list): ``DRQN stored`` with ``async_training``:
+  one remote env runner samples while the learner trains in the driver, at the replay ratio
+  the sync loop runs at, held by the rate limiter.
 
 A run stops when the training return, averaged over the last ``--window`` episodes
 (``env_runners/episode_return_mean``, epsilon-greedy), first reaches ``--target-return``, or at
@@ -69,7 +72,19 @@ from common import (
 ENV = "StatelessCartPole"
 TARGET_STEPS = 20_000
 TARGET_WALL_RATIO = 1.5
-CONTENDERS = ("DRQN random", "DRQN sequential", "DRQN stored", PEER_NAME, MEMORYLESS_NAME)
+#: DRQN stored with the asynchronous loop: 1 remote env runner samples while the learner trains
+#: in the driver, the rate limiter holding the sync loop's replay ratio (one update per
+#: ``--rollout-fragment-length`` env steps); "DRQN stored" is its sync peer at that ratio.
+ASYNC_NAME = "DRQN stored async"
+CONTENDERS = (
+    "DRQN random",
+    "DRQN sequential",
+    "DRQN stored",
+    PEER_NAME,
+    MEMORYLESS_NAME,
+    ASYNC_NAME,
+)
+DEFAULT_CONTENDERS = CONTENDERS[:5]
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
@@ -79,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> Any:
         "--contenders",
         nargs="+",
         choices=CONTENDERS,
-        default=list(CONTENDERS),
+        default=list(DEFAULT_CONTENDERS),
         metavar="NAME",
         help=f"Any of {list(CONTENDERS)}.",
     )
@@ -135,13 +150,16 @@ def build(name: str, args: Any, seed: int) -> Any:
         epsilon=((0, 1.0), (args.epsilon_steps, args.epsilon_final)),
     )
     if name.startswith("DRQN "):
-        update_mode = name.removeprefix("DRQN ")
+        update_mode = name.removeprefix("DRQN ").removesuffix(" async")
         # R2D2's layout: burn-in steps only warm the stored state up, then max_seq_len trained.
         burn_in = args.burn_in if update_mode == "stored" else 0
         recurrent = replace(recurrent, max_seq_len=burn_in + args.max_seq_len)
         config = drqn_config(
             ENV, {}, recurrent, shared, update_mode=update_mode, burn_in_len=burn_in
         )
+        if name == ASYNC_NAME:
+            # replay_ratio stays None: the ratio the sync loop runs at (320 by default).
+            config.env_runners(num_env_runners=1).training(async_training=True)
         return config.build_algo()
     if name == PEER_NAME:
         return lstm_dqn_config(ENV, {}, recurrent, shared).build_algo()

@@ -5,6 +5,7 @@ Run (from the repository root; minutes on a 2-core CPU)::
     python bench/throughput.py                      # 10 rounds of 10 updates each, CPU
     python bench/throughput.py --device cuda        # learner on the GPU (exits 0 without one)
     python bench/throughput.py --smoke              # seconds; what CI runs
+    python bench/throughput.py --async-vs-sync      # async loop vs RLlib's sync loop
 
 What it measures, in one process with ``torch.set_num_threads(--torch-threads)``:
 
@@ -20,11 +21,21 @@ What it measures, in one process with ``torch.set_num_threads(--torch-threads)``
    random actions through the same FlickeringAtari wrapper stack, and the bare ALE env
    (``ALE/Pong-v5`` with frameskip 4, no wrappers).
 
-Target (issue 5): DRQN >= 1.5x the peer on every training rate.
+3. **Async vs sync** (``--async-vs-sync``, only this section): DRQN with stored state on
+   StatelessCartPole (the tuned recipe's sizes) and flickering Pong, 1 and 2 remote env
+   runners (half a CPU each), learner in the driver: RLlib's synchronous DQN loop against
+   ``async_training=True`` at the same replay ratio (one update per 2 env steps on
+   StatelessCartPole, per 4 on Pong; the sync loop's fragment is split over its runners).
+   Iterations alternate; per loop: env steps/s, updates/s, the replay ratio achieved in the
+   measured window, and async / sync.
+
+Targets: issue 5, DRQN >= 1.5x the peer on every training rate; issue 11, async >= 1.5x sync
+env steps/s at the same replay ratio on StatelessCartPole.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -110,6 +121,26 @@ def parse_args(argv: list[str] | None = None) -> Any:
         help="The peer's conv padding: 'valid' is DRQN's network exactly; 'same' is what "
         "RLlib builds from three-element conv_filters (17.0M instead of 7.55M parameters).",
     )
+    parser.add_argument(
+        "--async-vs-sync",
+        action="store_true",
+        help="Only the async-vs-sync comparison (issue 11): DRQN's asynchronous loop against "
+        "RLlib's synchronous DQN loop, 1-2 remote env runners, learner in the driver, same "
+        "replay ratio; StatelessCartPole and flickering Pong.",
+    )
+    parser.add_argument(
+        "--async-seconds",
+        type=float,
+        default=60.0,
+        help="--async-vs-sync: measured wall seconds per contender and row (after warm-up).",
+    )
+    parser.add_argument(
+        "--async-envs",
+        nargs="+",
+        choices=("StatelessCartPole", "FlickeringAtari"),
+        default=["StatelessCartPole", "FlickeringAtari"],
+    )
+    parser.add_argument("--async-runners", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -122,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> Any:
         args.iterations = 1
         args.steps = 40
         args.num_envs = 2
+        args.async_seconds = 2.0
     return args
 
 
@@ -299,12 +331,183 @@ def measure_acting(
     return rows
 
 
+# ---- Async vs sync (issue 11) ------------------------------------------------------------------
+
+#: Env steps per learner update at which both loops run, per env: StatelessCartPole's tuned
+#: recipe (one update per 2 env steps) and the Pong presets' (one per 4).
+ENV_STEPS_PER_UPDATE = {"StatelessCartPole": 2, "FlickeringAtari": 4}
+
+
+def _async_vs_sync_config(args: Any, env: str, num_runners: int, asynchronous: bool) -> Any:
+    """DRQN stored state with ``num_runners`` remote runners, sync (RLlib's loop) or async.
+
+    The sync loop samples ``rollout_fragment_length`` steps from every runner, then makes one
+    update; its fragment is therefore ``steps per update / runners``, which gives both loops
+    the same replay ratio. The async loop's rate limiter holds that ratio
+    (``sync_replay_ratio``). Each runner takes half a CPU so both contenders' runners fit.
+    """
+    per_update = ENV_STEPS_PER_UPDATE[env]
+    if per_update % num_runners:
+        raise ValueError(f"{per_update} env steps per update do not split over {num_runners}.")
+    if env == "StatelessCartPole":
+        recurrent = Recurrent(lstm_cell_size=64, max_seq_len=20, num_sequences=32)
+        env_config: dict[str, Any] = {}
+        learning_starts, burn_in = 500, 10
+    else:
+        recurrent = Recurrent(
+            lstm_cell_size=args.lstm_cell_size,
+            max_seq_len=args.max_seq_len,
+            num_sequences=args.num_sequences,
+        )
+        env_config = {"game": args.game, "flicker_prob": args.flicker_prob}
+        learning_starts, burn_in = args.learning_starts, 0
+    shared = Shared(
+        lr=3e-3 if env == "StatelessCartPole" else 1e-4,
+        rollout_fragment_length=per_update // num_runners,
+        learning_starts=learning_starts,
+        steps_per_iteration=max(40, 10 * per_update),
+        seed=args.seed,
+        n_step=3 if env == "StatelessCartPole" else 1,
+    )
+    config = drqn_config(env, env_config, recurrent, shared, "stored", burn_in)
+    return config.env_runners(num_env_runners=num_runners, num_cpus_per_env_runner=0.5).training(
+        async_training=asynchronous
+    )
+
+
+class _LoopContender:
+    """One loop under measurement: env steps, updates, timesteps trained over measured wall."""
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.algo = config.build_algo()
+        self.updates = UpdateCounter(self.algo)
+        self.batch = config.total_train_batch_size
+        self.learning_starts = config.num_steps_sampled_before_learning_starts
+        self.wall_s = 0.0
+        self.env_steps = 0.0
+        self.num_updates = 0
+
+    def lifetime_env_steps(self) -> float:
+        return float(
+            self.algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0)
+        )
+
+    def train(self, measure: bool) -> None:
+        steps, updates = self.lifetime_env_steps(), self.updates.count
+        start = time.perf_counter()
+        self.algo.train()
+        if measure:
+            self.wall_s += time.perf_counter() - start
+            self.env_steps += self.lifetime_env_steps() - steps
+            self.num_updates += self.updates.count - updates
+
+    def row(self, env: str, num_runners: int) -> dict[str, Any]:
+        lifetime = self.lifetime_env_steps()
+        return {
+            "env": env,
+            "num_env_runners": num_runners,
+            "name": self.name,
+            "wall_s": self.wall_s,
+            "env_steps": self.env_steps,
+            "updates": self.num_updates,
+            "env_steps_per_s": ratio(self.env_steps, self.wall_s),
+            "updates_per_s": ratio(self.num_updates, self.wall_s),
+            # In the measured window, and over the whole run since learning started.
+            "replay_ratio": ratio(self.num_updates * self.batch, self.env_steps),
+            "replay_ratio_lifetime": ratio(
+                self.updates.count * self.batch, lifetime - self.learning_starts
+            ),
+            "target_replay_ratio": self.batch / ENV_STEPS_PER_UPDATE[env],
+        }
+
+
+def measure_async_vs_sync(args: Any) -> list[dict[str, Any]]:
+    """Async and sync DRQN side by side, alternating iterations, per env and runner count."""
+    rows = []
+    for env in args.async_envs:
+        for num_runners in args.async_runners:
+            contenders = [
+                _LoopContender(name, _async_vs_sync_config(args, env, num_runners, is_async))
+                for name, is_async in (("sync (RLlib DQN loop)", False), ("async", True))
+            ]
+            progress(f"async vs sync: {env}, {num_runners} runner(s): warming up")
+            # Past the limiter's start-up allowance (it may train up to its error buffer,
+            # 0.1 x ratio x learning starts, ahead at once), so the window sees steady state.
+            per_update = ENV_STEPS_PER_UPDATE[env]
+            warm_updates = 5 + 2 * math.ceil(0.1 * contenders[0].learning_starts / per_update)
+            for contender in contenders:
+                while contender.updates.count < warm_updates:
+                    contender.train(measure=False)
+            index = 0
+            while min(c.wall_s for c in contenders) < args.async_seconds:
+                for contender in contenders if index % 2 == 0 else contenders[::-1]:
+                    contender.train(measure=True)
+                index += 1
+            sync_row, async_row = (c.row(env, num_runners) for c in contenders)
+            for row in (sync_row, async_row):
+                row["env_steps_per_s_x_sync"] = ratio(
+                    row["env_steps_per_s"], sync_row["env_steps_per_s"]
+                )
+                row["updates_per_s_x_sync"] = ratio(row["updates_per_s"], sync_row["updates_per_s"])
+                row["load_average_1m"] = os.getloadavg()[0]
+            rows += [sync_row, async_row]
+            progress(
+                f"async vs sync: {env}, {num_runners} runner(s): "
+                f"{async_row['env_steps_per_s_x_sync']:.2f}x env steps/s"
+            )
+            for contender in contenders:
+                contender.algo.stop()
+    return rows
+
+
+def main_async_vs_sync(args: Any) -> int:
+    init_ray()
+    register_bench_envs()
+    load_start = os.getloadavg()
+    rows = measure_async_vs_sync(args)
+    payload = {
+        "benchmark": "throughput_async_vs_sync",
+        **_header(args),
+        "load_average_at_start": load_start,
+        "load_average_at_end": os.getloadavg(),
+        "target": "async >= 1.5x sync env steps/s at the same replay ratio (StatelessCartPole)",
+        "rows": rows,
+    }
+    out = args.out
+    if out == "bench/out/throughput.json":  # The default: keep the main section's file.
+        out = "bench/out/throughput_async_vs_sync.json"
+    path = write_json(out, payload)
+    print(
+        format_table(
+            f"Async vs sync DRQN (stored state), learner in the driver, "
+            f"{args.async_seconds:g} s measured per contender; load {load_start[0]:.1f} -> "
+            f"{os.getloadavg()[0]:.1f}",
+            [
+                Column("env", "env", "{}"),
+                Column("num_env_runners", "runners", "{}"),
+                Column("name", "loop", "{}"),
+                Column("env_steps_per_s", "env steps/s"),
+                Column("updates_per_s", "updates/s", "{:,.2f}"),
+                Column("replay_ratio", "replay ratio"),
+                Column("target_replay_ratio", "set ratio"),
+                Column("env_steps_per_s_x_sync", "env steps x sync", "{:.2f}x"),
+            ],
+            rows,
+        )
+    )
+    print(f"\nJSON: {path}")
+    return 0
+
+
 # ---- Main ----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_torch_threads(args.torch_threads)
+    if args.async_vs_sync:
+        return main_async_vs_sync(args)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

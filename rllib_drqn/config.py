@@ -25,6 +25,7 @@ from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQ
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.utils.annotations import override
 
+from rllib_drqn.async_training import AsyncDRQNLoop, apply_runner_epsilons, check_runner_epsilon
 from rllib_drqn.batching import add_prev_inputs_piece
 from rllib_drqn.envs import (
     FLICKERING_ATARI,
@@ -110,6 +111,25 @@ class DRQNConfig(DQNConfig):
         #: The reported mean return follows the last 20 episodes, not RLlib's 100, so it
         #: tracks a run of a few hundred episodes instead of lagging by most of it.
         self.metrics_num_episodes_for_smoothing = 20
+        self._init_async_settings()
+
+    def _init_async_settings(self) -> None:
+        """Asynchronous training (R2D2 / Ape-X actors, ``rllib_drqn.async_training``)."""
+        #: Remote env runners sample while the learner trains, at a held replay ratio.
+        self.async_training = False
+        #: Timesteps trained per env step sampled; None: what the sync loop would run at.
+        self.replay_ratio = None
+        #: Relative slack of the rate limiter (Acme's samples_per_insert_tolerance_rate).
+        self.replay_ratio_tolerance = 0.1
+        #: Learner updates between two weight broadcasts to the env runners.
+        self.broadcast_interval = 1
+        #: Ape-X exploration: runner i of N acts with base ** (1 + alpha * i / (N - 1)).
+        self.per_runner_epsilon = False
+        self.per_runner_epsilon_base = 0.4
+        self.per_runner_epsilon_alpha = 7.0
+        # Two sample requests per runner in flight, so a runner starts its next rollout while
+        # the driver collects the last one. Only the async loop sends more than one.
+        self.max_requests_in_flight_per_env_runner = 2
 
     @override(DQNConfig)
     def training(
@@ -119,6 +139,13 @@ class DRQNConfig(DQNConfig):
         num_sequences_per_batch: int | None = NotProvided,
         value_rescaling: bool | None = NotProvided,
         value_rescaling_epsilon: float | None = NotProvided,
+        async_training: bool | None = NotProvided,
+        replay_ratio: float | None = NotProvided,
+        replay_ratio_tolerance: float | None = NotProvided,
+        broadcast_interval: int | None = NotProvided,
+        per_runner_epsilon: bool | None = NotProvided,
+        per_runner_epsilon_base: float | None = NotProvided,
+        per_runner_epsilon_alpha: float | None = NotProvided,
         **kwargs: Any,
     ) -> DRQNConfig:
         """DQN's ``training()`` settings plus DRQN's.
@@ -133,6 +160,19 @@ class DRQNConfig(DQNConfig):
                 this times ``max_seq_len``; do not set ``train_batch_size_per_learner``.
             value_rescaling: Learn Q in R2D2's rescaled space h(x) (Pohlen et al. 2018).
             value_rescaling_epsilon: The eps of h(x); RLlib's former R2D2 used 1e-3.
+            async_training: Remote env runners sample continuously while the learner
+                trains (``rllib_drqn.async_training``); needs ``num_env_runners >= 1``.
+            replay_ratio: Async only: timesteps trained per env step sampled, held by a rate
+                limiter. None: the ratio the synchronous loop runs this config at.
+            replay_ratio_tolerance: Async only: the limiter's slack, as Acme's tolerance
+                rate: training may run ``tolerance * replay_ratio *
+                num_steps_sampled_before_learning_starts`` timesteps ahead or behind.
+            broadcast_interval: Async only: learner updates between weight broadcasts.
+            per_runner_epsilon: Ape-X exploration: remote runner i of N acts with the fixed
+                epsilon ``per_runner_epsilon_base ** (1 + per_runner_epsilon_alpha * i /
+                (N - 1))`` instead of the ``epsilon`` schedule.
+            per_runner_epsilon_base: Ape-X's 0.4.
+            per_runner_epsilon_alpha: Ape-X's 7.
             **kwargs: Any ``DQNConfig.training()`` argument. ``n_step > 1`` gives n-step
                 targets computed inside each sequence (R2D2), not by the replay.
         """
@@ -145,6 +185,18 @@ class DRQNConfig(DQNConfig):
             self.value_rescaling = value_rescaling
         if value_rescaling_epsilon is not NotProvided:
             self.value_rescaling_epsilon = value_rescaling_epsilon
+        async_settings = {
+            "async_training": async_training,
+            "replay_ratio": replay_ratio,
+            "replay_ratio_tolerance": replay_ratio_tolerance,
+            "broadcast_interval": broadcast_interval,
+            "per_runner_epsilon": per_runner_epsilon,
+            "per_runner_epsilon_base": per_runner_epsilon_base,
+            "per_runner_epsilon_alpha": per_runner_epsilon_alpha,
+        }
+        for name, value in async_settings.items():
+            if value is not NotProvided:
+                setattr(self, name, value)
         return self
 
     @override(DQNConfig)
@@ -201,6 +253,7 @@ class DRQNConfig(DQNConfig):
     def validate(self) -> None:
         """Rejects bad settings here, in the driver, before any env runner or learner starts."""
         self._validate_drqn_settings()
+        self._validate_async_settings()
         self._validate_module_settings()
         self._validate_env_settings()
         fragment = self.rollout_fragment_length
@@ -292,6 +345,58 @@ class DRQNConfig(DQNConfig):
                 "Prioritized replay draws sequences by priority, but update_mode='sequential' "
                 "walks whole episodes in order. Use update_mode='random' or 'stored' with "
                 f"{PRIORITIZED_REPLAY_BUFFER_TYPE}, or the plain {_REPLAY_BUFFER_TYPE}."
+            )
+
+    def _validate_async_settings(self) -> None:
+        for name in ("async_training", "per_runner_epsilon"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        uses_runners = self.async_training or self.per_runner_epsilon
+        # RLlib validates the evaluation config too (Algorithm.setup); its runners only
+        # evaluate, and the training loop is the training config's.
+        if uses_runners and not self.in_evaluation and (self.num_env_runners or 0) < 1:
+            what = "async_training=True" if self.async_training else "per_runner_epsilon=True"
+            raise ValueError(
+                f"{what} needs remote env runners, got num_env_runners={self.num_env_runners}: "
+                "with 0 the env is sampled in the learner's own process, so there is nothing "
+                "to overlap with learning and no actor to give an epsilon. Set "
+                "config.env_runners(num_env_runners=1) or more, or "
+                "config.training(async_training=False, per_runner_epsilon=False)."
+            )
+        ratio = self.replay_ratio
+        if ratio is not None and (
+            isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 0
+        ):
+            raise ValueError(
+                f"replay_ratio (timesteps trained per env step sampled) must be a number > 0 "
+                f"or None, got {ratio!r}. E.g. 320 trains one batch of "
+                f"{self.train_batch_size_per_learner} timesteps per "
+                f"{self.train_batch_size_per_learner / 320:g} env steps."
+            )
+        tolerance = self.replay_ratio_tolerance
+        if (
+            isinstance(tolerance, bool)
+            or not isinstance(tolerance, int | float)
+            or not (0 < tolerance <= 1)
+        ):
+            raise ValueError(
+                f"replay_ratio_tolerance must be in (0, 1], got {tolerance!r}; 0.1 lets "
+                "training run 10% of the learning-starts budget ahead or behind."
+            )
+        _require_positive_int("broadcast_interval", self.broadcast_interval)
+        base, alpha = self.per_runner_epsilon_base, self.per_runner_epsilon_alpha
+        if not (isinstance(base, int | float) and 0 < base < 1):
+            raise ValueError(
+                f"per_runner_epsilon_base must be in (0, 1), got {base!r} (Ape-X: 0.4)."
+            )
+        if not (isinstance(alpha, int | float) and alpha >= 0):
+            raise ValueError(f"per_runner_epsilon_alpha must be >= 0, got {alpha!r}; Ape-X: 7.")
+        if self.async_training and self.max_requests_in_flight_per_env_runner < 1:
+            raise ValueError(
+                "async_training=True sends sample requests to every runner; "
+                "max_requests_in_flight_per_env_runner="
+                f"{self.max_requests_in_flight_per_env_runner} allows none. Set "
+                "config.env_runners(max_requests_in_flight_per_env_runner=2)."
             )
 
     def _validate_module_settings(self) -> None:
@@ -415,6 +520,39 @@ class DRQN(ReplayCheckpointing, DQN):
     @override(DQN)
     def get_default_config(cls) -> DRQNConfig:
         return DRQNConfig()
+
+    @override(DQN)
+    def setup(self, config: Any) -> None:
+        super().setup(config)
+        #: The asynchronous loop, made at the first training step (after a restore, so its
+        #: counts resume from the restored metrics); None while training synchronously.
+        self._async_loop: AsyncDRQNLoop | None = None
+        if self.config.per_runner_epsilon:
+            check_runner_epsilon(self.env_runner_group)
+            apply_runner_epsilons(self.env_runner_group, wait=True)
+
+    @override(DQN)
+    def training_step(self) -> None:
+        """RLlib's DQN step, or with ``async_training`` the asynchronous one."""
+        if not self.config.async_training:
+            return super().training_step()
+        if self._async_loop is None:
+            self._async_loop = AsyncDRQNLoop(self)
+        return self._async_loop.training_step()
+
+    @override(DQN)
+    def restore_env_runners(self, env_runner_group: Any) -> list[int]:
+        """RLlib's restore, or without blocking the learner when training asynchronously."""
+        if env_runner_group is not self.env_runner_group:
+            return super().restore_env_runners(env_runner_group)  # Evaluation runners.
+        if self.config.async_training:
+            if self._async_loop is None:
+                self._async_loop = AsyncDRQNLoop(self)
+            return self._async_loop.restore_env_runners(env_runner_group)
+        restored = super().restore_env_runners(env_runner_group)
+        if restored and self.config.per_runner_epsilon:
+            apply_runner_epsilons(env_runner_group, restored)
+        return restored
 
     @override(DQN)
     def _create_local_replay_buffer_if_necessary(self, config: Any) -> Any:

@@ -107,6 +107,10 @@ def dqn_frame_stack(
     )
 
 
+#: Timesteps trained per env step: one update of 64 sequences x 80 steps per 4 env steps.
+_R2D2_REPLAY_RATIO = 64 * 80 / 4
+
+
 def r2d2(game: str = "Pong", flicker_prob: float = 0.5) -> DRQNConfig:
     """R2D2 (Kapturowski et al. 2019, https://openreview.net/forum?id=r1lyTjAqYX) on one machine.
 
@@ -115,14 +119,29 @@ def r2d2(game: str = "Pong", flicker_prob: float = 0.5) -> DRQNConfig:
     importance weights), value rescaling h(x), gamma 0.997, 64 sequences per update, Adam lr 1e-4
     with eps 1e-3, target network every 2,500 updates (10k env steps at one update per 4
     steps). eps = 1e-3 in h(x) is RLlib's former R2D2 value (the paper's could not be read).
-    Not from the paper: one env runner with 4 envs and one epsilon schedule instead of 256
-    actors with fixed epsilons (Ape-X's), and 400k replay steps instead of 1M sequences.
+    R2D2's actors (Ape-X's, Horgan et al. 2018): remote env runners sample continuously while
+    the learner trains (``async_training``, ``rllib_drqn.async_training``), and runner i of N
+    acts with the fixed epsilon 0.4 ** (1 + 7 i / (N - 1)) (``per_runner_epsilon``).
+    Not from the paper: 2 env runners x 2 envs (half a CPU each, so it runs on 2 cores; R2D2
+    ran 256 actors: raise ``num_env_runners`` on a bigger machine or a cluster), the replay
+    ratio held at one update per 4 env steps (64 x 80 = 5,120 timesteps trained per 4 env
+    steps, as the synchronous preset trained), and 400k replay steps instead of 1M sequences.
     """
     return (
         drqn_paper(game, flicker_prob)
         # Fragment "auto" is 1 step for DRQN: n-step returns are built inside sequences.
-        .env_runners(rollout_fragment_length="auto")
+        .env_runners(
+            num_env_runners=2,
+            num_envs_per_env_runner=2,
+            num_cpus_per_env_runner=0.5,
+            rollout_fragment_length="auto",
+        )
         .training(
+            async_training=True,
+            replay_ratio=_R2D2_REPLAY_RATIO,
+            per_runner_epsilon=True,
+            per_runner_epsilon_base=0.4,
+            per_runner_epsilon_alpha=7.0,
             update_mode="stored",
             burn_in_len=40,
             n_step=5,

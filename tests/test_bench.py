@@ -84,6 +84,26 @@ def test_throughput_smoke_measures_both_contenders(tmp_path: Path) -> None:
         assert_finite_numbers(row, ["env_steps_per_s", "share_of_ale_floor", "ratio_vs_peer"])
 
 
+def test_throughput_async_vs_sync_smoke_measures_both_loops(tmp_path: Path) -> None:
+    stdout, result = run_smoke(
+        "throughput",
+        tmp_path,
+        "--async-vs-sync",
+        "--async-envs",
+        "StatelessCartPole",
+        "--async-runners",
+        "1",
+    )
+    assert_table(
+        stdout, "env ", ["StatelessCartPole  1        sync", "StatelessCartPole  1        async"]
+    )
+    sync_row, async_row = result["rows"]
+    for row in (sync_row, async_row):
+        assert_finite_numbers(row, ["env_steps_per_s", "updates_per_s", "replay_ratio"])
+        assert row["updates"] > 0
+    assert async_row["target_replay_ratio"] == sync_row["target_replay_ratio"] == 320.0
+
+
 def test_throughput_on_cuda_says_so_without_a_gpu(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

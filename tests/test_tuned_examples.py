@@ -38,6 +38,12 @@ COMPARED = (
     "value_rescaling",
     "value_rescaling_epsilon",
     "adam_epsilon",
+    "num_cpus_per_env_runner",
+    "async_training",
+    "replay_ratio",
+    "per_runner_epsilon",
+    "per_runner_epsilon_base",
+    "per_runner_epsilon_alpha",
 )
 PRESET_OF = {
     "drqn_pong.yaml": lambda: presets.drqn_paper("Pong", flicker_prob=0.0),
