@@ -287,3 +287,34 @@ def test_flickering_pong_trains_on_the_vectorized_env() -> None:
         assert episode.get_observations(0).dtype == np.uint8
     finally:
         algo.stop()
+
+
+def test_vector_acting_bench_smoke_prints_every_row(tmp_path: Any) -> None:
+    """``bench/throughput.py --vector-acting --smoke`` runs, prints its rows, writes JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "vector_acting.json"
+    completed = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--vector-acting", "--smoke", "--out", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    print(completed.stdout)
+    rows = json.loads(out.read_text())["acting"]["rows"]
+    names = [(row["name"], row["num_envs"]) for row in rows]
+    assert names[0][0].startswith("bare ALE")
+    for path in ("ale-py AtariVectorEnv alone", "DRQN runner, SyncVectorEnv"):
+        assert [n for name, n in names if name == path] == [1, 2]
+    assert [n for name, n in names if name == "DRQN runner, vectorized"] == [1, 2]
+    for row in rows:
+        assert row["env_steps_per_s"] > 0 and row["env_steps_per_cpu_s"] > 0
+        assert f"{row['name']:<10}"[:10] in completed.stdout
+    for row in rows[3:]:
+        assert row["module_ms"] > 0 and row["connectors_us_per_env"] > 0
