@@ -5,6 +5,7 @@ Run (from the repository root; minutes on a 2-core CPU)::
     python bench/throughput.py                      # 10 rounds of 10 updates each, CPU
     python bench/throughput.py --device cuda        # learner on the GPU (exits 0 without one)
     python bench/throughput.py --smoke              # seconds; what CI runs
+    python bench/throughput.py --vector-acting      # only the acting rows, 1-32 envs per runner
 
 What it measures, in one process with ``torch.set_num_threads(--torch-threads)``:
 
@@ -637,7 +638,9 @@ def measure_vector_acting(args: Any) -> dict[str, Any]:
         targets["share_met"] = (
             targets["share_of_ale_per_core_16"] or 0
         ) >= VECTOR_TARGET_SHARE_OF_ALE_PER_CORE
-        targets["x_sync_8_met"] = (targets["x_sync_8_wall"] or 0) >= VECTOR_TARGET_X_SYNC_8
+        # Judged per CPU second: on a shared machine the wall-clock ratio of two rows measured
+        # a minute apart moves with the others' load (measured: 0.94x and 3.39x in two runs).
+        targets["x_sync_8_met"] = (targets["x_sync_8_per_core"] or 0) >= VECTOR_TARGET_X_SYNC_8
     return {"rows": rows, "targets": targets}
 
 
@@ -682,8 +685,8 @@ def main_vector_acting(args: Any) -> int:
             f"{targets['share_of_ale_per_core_16']:.0%} of bare ALE per core (target >= "
             f"{VECTOR_TARGET_SHARE_OF_ALE_PER_CORE:.0%}: "
             f"{'met' if targets['share_met'] else 'not met'}); "
-            f"{targets['x_sync_8_wall']:.2f}x the 8-env SyncVectorEnv runner per wall second, "
-            f"{targets['x_sync_8_per_core']:.2f}x per CPU second (target >= "
+            f"{targets['x_sync_8_per_core']:.2f}x the 8-env SyncVectorEnv runner per CPU "
+            f"second, {targets['x_sync_8_wall']:.2f}x per wall second (target >= "
             f"{VECTOR_TARGET_X_SYNC_8:.0f}x: {'met' if targets['x_sync_8_met'] else 'not met'})."
         )
     print(f"\nJSON: {path}")
