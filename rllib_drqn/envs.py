@@ -45,11 +45,13 @@ from gymnasium.wrappers import (
 )
 
 __all__ = [
+    "ALE_MAX_FRAMES_PER_EPISODE",
     "DELAYED_RECALL",
     "FLICKERING_ATARI",
     "STATELESS_CARTPOLE",
     "DelayedRecall",
     "FlickerObservation",
+    "check_vectorize_mode",
     "make_delayed_recall",
     "make_flickering_atari",
     "make_stateless_cartpole",
@@ -81,7 +83,19 @@ _ATARI_DEFAULTS: Final[Mapping[str, Any]] = {
     "repeat_action_probability": 0.25,
     "full_action_space": False,
     "max_episode_steps": None,
+    # One C++ vector env per env runner instead of RLlib's SyncVectorEnv of wrapper stacks
+    # (rllib_drqn/vector_atari.py); needs gym_env_vectorize_mode="vector_entry_point".
+    "vectorized": False,
+    # Threads of that vector env: 1, as RLlib reserves one CPU per env runner by default.
+    "num_threads": 1,
+    # Set by RLlib itself: SingleAgentEnvRunner.make_env calls the creator with
+    # env_config | {"num_envs": N} in "vector_entry_point" mode, and only then.
+    "num_envs": None,
 }
+
+#: ALE v5's cap on an episode, in emulator frames (no-ops included): 27,000 agent steps at
+#: frame_skip 4. Both the scalar and the vector env are built with it, so they truncate alike.
+ALE_MAX_FRAMES_PER_EPISODE: Final[int] = 108_000
 
 _STATELESS_CARTPOLE_KEYS: Final[tuple[str, ...]] = ("flicker_prob",)
 
@@ -198,6 +212,13 @@ def validate_flickering_atari_config(env_config: Mapping[str, Any]) -> dict[str,
             (default ``False``).
         max_episode_steps: Truncate after this many *agent* steps (default ``None``: only
             ALE v5's own 108,000-frame limit, i.e. 27,000 steps at frame_skip 4).
+        vectorized: Step all envs of an env runner in ale-py's C++ vector env
+            (``rllib_drqn.vector_atari``) instead of RLlib's ``SyncVectorEnv`` of wrapper
+            stacks (default ``False``). Set ``gym_env_vectorize_mode="vector_entry_point"``
+            in ``config.env_runners`` with it. ``frame_stack > 1`` and
+            ``max_episode_steps`` are rejected: that env cannot express them.
+        num_threads: Threads of the vector env (default ``1``; ``0``: one per core).
+        num_envs: Set by RLlib's env runner in ``"vector_entry_point"`` mode; leave it out.
 
     Args:
         env_config: A dict or RLlib ``EnvContext``; only its keys are read.
@@ -254,9 +275,51 @@ def validate_flickering_atari_config(env_config: Mapping[str, Any]) -> dict[str,
             fix="Set max_episode_steps to a positive number of agent steps, or None to keep "
             "only ALE's 108,000-frame limit.",
         )
-    for key in ("clip_rewards", "terminal_on_life_loss", "full_action_space"):
+    for key in ("clip_rewards", "terminal_on_life_loss", "full_action_space", "vectorized"):
         config[key] = _check_bool(key, config[key])
+    config["num_threads"] = _check_int(
+        "num_threads",
+        config["num_threads"],
+        minimum=0,
+        fix="Set num_threads to the vector env's threads per env runner (1, or 0 for one per "
+        "core).",
+    )
+    if config["num_envs"] is not None:
+        config["num_envs"] = _check_int(
+            "num_envs",
+            config["num_envs"],
+            minimum=1,
+            fix="Leave num_envs out: RLlib sets it from num_envs_per_env_runner.",
+        )
+    if config["vectorized"]:
+        from rllib_drqn.vector_atari import unsupported_vector_settings
+
+        problems = unsupported_vector_settings(config)
+        if problems:
+            raise ValueError(
+                "FlickeringAtari with vectorized=True cannot express "
+                + "; ".join(problems)
+                + ". Drop these keys or set vectorized=False (the scalar env has them)."
+            )
     return config
+
+
+def check_vectorize_mode(env_config: Mapping[str, Any], gym_env_vectorize_mode: Any) -> None:
+    """Raises if ``vectorized=True`` meets an env runner that would not use the vector env.
+
+    In RLlib's default ``"sync"`` mode the creator is called once per env without
+    ``num_envs`` (``SingleAgentEnvRunner.make_env``), so it has to build the scalar stack and
+    ``vectorized`` would be ignored without a word. Call this on the driver with
+    ``config.gym_env_vectorize_mode``.
+    """
+    mode = getattr(gym_env_vectorize_mode, "value", gym_env_vectorize_mode)
+    if env_config.get("vectorized") and str(mode).lower() != "vector_entry_point":
+        raise ValueError(
+            f"FlickeringAtari env_config has vectorized=True, but gym_env_vectorize_mode is "
+            f"{mode!r}: RLlib would then build one scalar env per sub-env and never the vector "
+            "env. Set config.env_runners(gym_env_vectorize_mode='vector_entry_point'), or "
+            "vectorized=False."
+        )
 
 
 def make_flickering_atari(env_config: Mapping[str, Any]) -> gym.Env[np.ndarray, Any]:
@@ -283,7 +346,9 @@ def make_flickering_atari(env_config: Mapping[str, Any]) -> gym.Env[np.ndarray, 
         env_config: A dict or RLlib ``EnvContext`` with at least ``game``.
 
     Returns:
-        The wrapped env. ``env.observation_space`` is ``Box(0, 255, (size, size, k), uint8)``,
+        The wrapped env, or with ``num_envs`` set (RLlib's ``"vector_entry_point"`` mode)
+        and ``vectorized=True`` a ``FlickeringAtariVectorEnv`` of ``num_envs`` games.
+        ``env.observation_space`` is ``Box(0, 255, (size, size, k), uint8)``,
         channels last, newest frame in the last channel.
 
     Raises:
@@ -292,6 +357,8 @@ def make_flickering_atari(env_config: Mapping[str, Any]) -> gym.Env[np.ndarray, 
             :func:`validate_flickering_atari_config`).
     """
     config = validate_flickering_atari_config(env_config)
+    if config["num_envs"] is not None:
+        return _make_vector_env(config)
     size, k = config["screen_size"], config["frame_stack"]
 
     # frameskip=1: AtariPreprocessing does the skipping (and max-pools the last two frames).
@@ -300,6 +367,7 @@ def make_flickering_atari(env_config: Mapping[str, Any]) -> gym.Env[np.ndarray, 
         frameskip=1,
         repeat_action_probability=config["repeat_action_probability"],
         full_action_space=config["full_action_space"],
+        max_num_frames_per_episode=ALE_MAX_FRAMES_PER_EPISODE,
     )
     # -> (size, size) uint8 grayscale, one observation per `frame_skip` emulator frames.
     env = AtariPreprocessing(
@@ -338,6 +406,22 @@ def make_flickering_atari(env_config: Mapping[str, Any]) -> gym.Env[np.ndarray, 
         # -> (size, size, 1): one channel, so a plain reshape is exact.
         env = ReshapeObservation(env, (size, size, 1))
     return env
+
+
+def _make_vector_env(config: dict[str, Any]) -> gym.vector.VectorEnv:
+    """The vector entry point: RLlib asked for ``num_envs`` envs at once."""
+    if not config["vectorized"]:
+        # In this mode RLlib uses the creator's return value as the vector env itself, and
+        # a single wrapper stack is not one.
+        raise ValueError(
+            f"FlickeringAtari was asked for {config['num_envs']} envs at once "
+            "(gym_env_vectorize_mode='vector_entry_point'), but env_config has "
+            "vectorized=False. Set env_config['vectorized']=True to use ale-py's vector env, "
+            "or gym_env_vectorize_mode='sync' for one wrapper stack per env."
+        )
+    from rllib_drqn.vector_atari import FlickeringAtariVectorEnv
+
+    return FlickeringAtariVectorEnv(config, num_envs=config["num_envs"])
 
 
 def make_stateless_cartpole(

@@ -198,6 +198,9 @@ def test_validate_fills_defaults_and_is_idempotent() -> None:
         "repeat_action_probability": 0.25,
         "full_action_space": False,
         "max_episode_steps": None,
+        "vectorized": False,
+        "num_threads": 1,
+        "num_envs": None,
     }
     assert isinstance(config["flicker_prob"], float)
     assert validate_flickering_atari_config(config) == config
