@@ -30,6 +30,7 @@ from rllib_drqn.batching import add_prev_inputs_piece
 from rllib_drqn.envs import (
     FLICKERING_ATARI,
     STATELESS_CARTPOLE,
+    check_vectorize_mode,
     make_stateless_cartpole,
     validate_flickering_atari_config,
 )
@@ -477,6 +478,7 @@ class DRQNConfig(DQNConfig):
     def _validate_env_settings(self) -> None:
         if self.env == FLICKERING_ATARI:
             validate_flickering_atari_config(dict(self.env_config))
+            check_vectorize_mode(self.env_config, self.gym_env_vectorize_mode)
         elif self.env == STATELESS_CARTPOLE:
             make_stateless_cartpole(dict(self.env_config)).close()  # cheap; checks the keys
         elif isinstance(self.env, str):

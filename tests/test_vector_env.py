@@ -181,6 +181,15 @@ def test_vectorized_in_sync_mode_is_rejected() -> None:
     check_vectorize_mode({"game": "Pong"}, "sync")
 
 
+def test_config_validate_rejects_vectorized_in_sync_mode() -> None:
+    """DRQNConfig.validate runs the check in the driver, before any env runner starts."""
+    config = DRQNConfig().environment(
+        "FlickeringAtari", env_config={"game": "Pong", "vectorized": True}
+    )
+    with pytest.raises(ValueError, match=r"gym_env_vectorize_mode is 'sync'"):
+        config.validate()
+
+
 # ---- One batched forward per step, one LSTM state per env ---------------------------------
 
 
@@ -272,7 +281,6 @@ def test_flickering_pong_trains_on_the_vectorized_env() -> None:
         .training(num_sequences_per_batch=4, num_steps_sampled_before_learning_starts=100)
         .reporting(min_sample_timesteps_per_iteration=200)
     )
-    check_vectorize_mode(config.env_config, config.gym_env_vectorize_mode)
     algo = config.build_algo()
     try:
         assert isinstance(algo.env_runner.env.unwrapped, FlickeringAtariVectorEnv)
