@@ -51,6 +51,10 @@ declare -A OPTIONAL_ARGS=(
     [--async-vs-sync]="--async-seconds 15 --async-envs FlickeringAtari --async-runners 8"
     [--vector-acting]="--steps 500 --vector-num-envs 16 32"
 )
+# With --tiny: one env and one runner, so the script is exercised without a 3-minute stage.
+declare -A TINY_OPTIONAL_ARGS=(
+    [--async-vs-sync]="--async-envs StatelessCartPole --async-runners 1"
+)
 
 if ((TINY)); then
     THROUGHPUT_ARGS=(--smoke)
@@ -186,8 +190,11 @@ for flag in "${OPTIONAL_THROUGHPUT_FLAGS[@]}"; do
         STATUS_LINES+=("\"$name\": {\"status\": \"skipped\", \"exit\": null, \"seconds\": 0}")
     else
         # shellcheck disable=SC2206  # the per-flag budget is a list of words
-        extra=(${OPTIONAL_ARGS[$flag]:-})
-        ((TINY)) && extra=()
+        if ((TINY)); then
+            extra=(${TINY_OPTIONAL_ARGS[$flag]:-})
+        else
+            extra=(${OPTIONAL_ARGS[$flag]:-})
+        fi
         stage "$name" "$OPTIONAL_TIMEOUT" "$PYTHON" bench/throughput.py --device "$DEVICE" \
             "${THROUGHPUT_ARGS[@]}" "$flag" "${extra[@]}" --out "$OUT/$name.json"
     fi
