@@ -35,7 +35,9 @@ from rllib_drqn.cli.run import EXIT_INTERRUPTED, RUN_FILE, SNAPSHOT_PERIOD_S, Ru
 from rllib_drqn.resumable import REPLAY_STATE_KEY
 
 REPO = Path(__file__).resolve().parents[1]
-STEP_BUDGET = 1500
+# Large enough that a run cannot finish in the seconds between the checkpoint a test waits for
+# and its kill (on idle cores an iteration takes well under a second; 1,500 steps once did).
+STEP_BUDGET = 4000
 STEPS_PER_ITERATION = 100
 
 EXPERIMENT = textwrap.dedent(
