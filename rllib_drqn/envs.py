@@ -48,12 +48,14 @@ __all__ = [
     "ALE_MAX_FRAMES_PER_EPISODE",
     "DELAYED_RECALL",
     "FLICKERING_ATARI",
+    "FLICKERING_GYM",
     "STATELESS_CARTPOLE",
     "DelayedRecall",
     "FlickerObservation",
     "check_vectorize_mode",
     "make_delayed_recall",
     "make_flickering_atari",
+    "make_flickering_gym",
     "make_stateless_cartpole",
     "register_envs",
     "validate_flickering_atari_config",
@@ -529,8 +531,60 @@ def make_delayed_recall(env_config: Mapping[str, Any] | None = None) -> DelayedR
     return DelayedRecall(**dict(env_config))
 
 
+# ---- FlickeringGym: any Box-observation gymnasium env, flickered, optionally frame-stacked ----
+
+FLICKERING_GYM: Final[str] = "FlickeringGym"
+"""Name under which :func:`register_envs` registers :func:`make_flickering_gym` with Ray."""
+
+_FLICKERING_GYM_DEFAULTS: Final[Mapping[str, Any]] = {
+    "env_id": "CartPole-v1",
+    "flicker_prob": 0.0,
+    "frame_stack": 1,
+}
+
+
+def make_flickering_gym(env_config: Mapping[str, Any] | None = None) -> gym.Env[np.ndarray, Any]:
+    """Builds ``gymnasium.make(env_id)`` -> :class:`FlickerObservation` -> last k observations.
+
+    The paper's protocol on any vector task (``rllib reproduce``'s small scale): each
+    observation is blanked with ``flicker_prob`` *before* stacking, so the k-frame baseline
+    sees a stack in which each frame flickered on its own, as in Flickering Atari. With
+    ``frame_stack`` k > 1 the stack is gymnasium's ``FrameStackObservation`` (the first frame
+    repeated at a reset) flattened to one vector of k x the observation, which RLlib's MLP
+    encoder takes.
+
+    Args:
+        env_config: Keys ``env_id`` (a gymnasium id with a ``Box`` observation; default
+            ``"CartPole-v1"``), ``flicker_prob`` (default 0) and ``frame_stack`` (default 1).
+
+    Raises:
+        ValueError: For an unknown key or id, a non-Box observation, or a bad value.
+    """
+    env_config = {} if env_config is None else env_config
+    if not isinstance(env_config, Mapping):
+        raise TypeError(
+            f"env_config must be a dict (or RLlib EnvContext), got {_describe(env_config)}. "
+            "Pass e.g. {'env_id': 'CartPole-v1', 'flicker_prob': 0.5}."
+        )
+    _reject_unknown_keys(env_config, tuple(_FLICKERING_GYM_DEFAULTS), FLICKERING_GYM)
+    config = {**_FLICKERING_GYM_DEFAULTS, **env_config}
+    env_id = config["env_id"]
+    if not isinstance(env_id, str) or env_id not in gym.registry:
+        close = difflib.get_close_matches(str(env_id), list(gym.registry), n=3)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"Unknown gymnasium env id {_describe(env_id)} in the {FLICKERING_GYM} "
+            f"env_config.{hint} Set env_id to a registered id such as 'CartPole-v1'."
+        )
+    frame_stack = _check_int("frame_stack", config["frame_stack"], 1, "Set e.g. frame_stack=4.")
+    env = FlickerObservation(gym.make(env_id), flicker_prob=config["flicker_prob"])
+    if frame_stack > 1:
+        env = gym.wrappers.FlattenObservation(FrameStackObservation(env, frame_stack))
+    return env
+
+
 def register_envs() -> None:
-    """Registers ``FlickeringAtari``, ``StatelessCartPole`` and ``DelayedRecall`` with Ray Tune.
+    """Registers ``FlickeringAtari``, ``StatelessCartPole``, ``DelayedRecall``, ``FlickeringGym``.
 
     After this, ``AlgorithmConfig.environment("FlickeringAtari", env_config=...)`` works on
     every worker of the cluster. Safe to call any number of times: registering a name again
@@ -542,6 +596,7 @@ def register_envs() -> None:
     register_env(FLICKERING_ATARI, make_flickering_atari)
     register_env(STATELESS_CARTPOLE, make_stateless_cartpole)
     register_env(DELAYED_RECALL, make_delayed_recall)
+    register_env(FLICKERING_GYM, make_flickering_gym)
 
 
 def _reward_sign(reward: Any) -> float:

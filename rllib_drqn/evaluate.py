@@ -52,7 +52,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.env.env_context import EnvContext
 from ray.tune.registry import ENV_CREATOR, _global_registry
 
-from rllib_drqn.envs import FLICKERING_ATARI, STATELESS_CARTPOLE, FlickerObservation
+from rllib_drqn.envs import FLICKERING_ATARI, FLICKERING_GYM, STATELESS_CARTPOLE, FlickerObservation
 from rllib_drqn.inspection import (
     MODULE_SUBDIR,
     CheckpointSpec,
@@ -206,7 +206,8 @@ def make_env(
     registered with Tune, an env class or a gymnasium id), then:
 
     - ``FlickeringAtari``: ``env_config["flicker_prob"] = flicker_prob``;
-    - ``StatelessCartPole``: its ``flicker_prob`` key, likewise;
+    - ``StatelessCartPole`` and ``FlickeringGym``: their ``flicker_prob`` key, likewise (in
+      ``FlickeringGym`` before its frame stack);
     - any other env: wrapped in :class:`~rllib_drqn.envs.FlickerObservation` (not at all for
       ``flicker_prob == 0``, so that 0 is exactly the env the checkpoint trained on).
 
@@ -217,7 +218,7 @@ def make_env(
         render_mode: ``"rgb_array"`` to record a video.
     """
     config = dict(env_config)
-    builtin_flicker = env in (FLICKERING_ATARI, STATELESS_CARTPOLE)
+    builtin_flicker = env in (FLICKERING_ATARI, FLICKERING_GYM, STATELESS_CARTPOLE)
     if builtin_flicker:
         config["flicker_prob"] = flicker_prob
     context = EnvContext(config, worker_index=0, num_workers=0)

@@ -6,6 +6,7 @@ API stack, installed as the ``rllib`` console script and runnable as ``python -m
     rllib train file tuned_examples/drqn_stateless_cartpole.yaml
     rllib train file tuned_examples/drqn_stateless_cartpole.yaml --resume   # after a crash
     rllib evaluate CHECKPOINT --flicker-probs 0,0.5,1 --episodes 10
+    rllib reproduce --out docs/reproduction   # the paper's three claims
 
 One module per concern:
 
@@ -13,7 +14,8 @@ One module per concern:
   its config (no Ray);
 - :mod:`rllib_drqn.cli.run`: ``rllib train file``: running, checkpointing, resuming, signals,
   progress (its docstring lists the exit statuses);
-- :mod:`rllib_drqn.cli.evaluation`: ``rllib evaluate``, over :mod:`rllib_drqn.evaluate`.
+- :mod:`rllib_drqn.cli.evaluation`: ``rllib evaluate``, over :mod:`rllib_drqn.evaluate`;
+- :mod:`rllib_drqn.cli.reproduce`: ``rllib reproduce``, over :mod:`rllib_drqn.reproduce`.
 
 To add a subcommand, write a module with an ``add_parser(subparsers)`` function that adds its
 parser and sets ``handler`` (a function of the parsed arguments that returns the exit status and
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from rllib_drqn.cli import evaluation, run
+from rllib_drqn.cli import evaluation, reproduce, run
 from rllib_drqn.cli.experiment_file import (
     ALGORITHMS,
     DEFAULT_STORAGE_PATH,
@@ -65,6 +67,7 @@ EXIT_BAD_INPUT: Final[int] = 2
 SUBCOMMANDS: Final[tuple[Callable[[argparse._SubParsersAction], None], ...]] = (
     run.add_parser,
     evaluation.add_parser,
+    reproduce.add_parser,
 )
 
 
