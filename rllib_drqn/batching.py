@@ -58,7 +58,13 @@ from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.numpy import convert_to_numpy
 
-from rllib_drqn.module import PREV_ACTIONS, PREV_REWARDS, uses_prev_inputs
+from rllib_drqn.module import (
+    NO_PREV_ACTION,
+    NO_PREV_REWARD,
+    PREV_ACTIONS,
+    PREV_REWARDS,
+    uses_prev_inputs,
+)
 
 __all__ = [
     "AddPrevActionsRewardsToBatch",
@@ -66,11 +72,6 @@ __all__ = [
     "add_prev_inputs_piece",
     "use_sequence_batching",
 ]
-
-#: a_{t-1} and r_{t-1} at an episode's first step (the module's one-hot of -1 is all zeros).
-_NO_PREV_ACTION = -1
-_NO_PREV_REWARD = 0.0
-
 
 class AddPrevActionsRewardsToBatch(ConnectorV2):
     """Adds ``PREV_ACTIONS``/``PREV_REWARDS`` from the episodes, when the module reads them.
@@ -120,7 +121,7 @@ class AddPrevActionsRewardsToBatch(ConnectorV2):
                     )
                 continue
             if episode.t == 0:
-                action, reward = _NO_PREV_ACTION, _NO_PREV_REWARD
+                action, reward = NO_PREV_ACTION, NO_PREV_REWARD
             else:
                 action, reward = episode.get_actions(-1), episode.get_rewards(-1)
             self.add_batch_item(batch, PREV_ACTIONS, np.int64(action), episode)
@@ -157,7 +158,7 @@ def _prev_steps(episode: SingleAgentEpisode) -> tuple[np.ndarray, np.ndarray]:
 def _first_prev(episode: SingleAgentEpisode) -> tuple[int, float]:
     """a_{t-1}, r_{t-1} of the episode's step 0: its lookback step, or none at t=0."""
     if episode.t_started == 0 or episode.actions.lookback < 1:
-        return _NO_PREV_ACTION, _NO_PREV_REWARD
+        return NO_PREV_ACTION, NO_PREV_REWARD
     return int(_step(episode.actions, -1)), float(_step(episode.rewards, -1))
 
 

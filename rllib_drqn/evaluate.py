@@ -62,6 +62,13 @@ from rllib_drqn.inspection import (
     load_module,
 )
 from rllib_drqn.messages import one_line
+from rllib_drqn.module import (
+    NO_PREV_ACTION,
+    NO_PREV_REWARD,
+    PREV_ACTIONS,
+    PREV_REWARDS,
+    uses_prev_inputs,
+)
 
 __all__ = [
     "DEFAULT_EPSILON",
@@ -209,13 +216,20 @@ def make_env(
     - ``StatelessCartPole`` and ``FlickeringGym``: their ``flicker_prob`` key, likewise (in
       ``FlickeringGym`` before its frame stack);
     - any other env: wrapped in :class:`~rllib_drqn.envs.FlickerObservation` (not at all for
-      ``flicker_prob == 0``, so that 0 is exactly the env the checkpoint trained on).
+      ``flicker_prob == 0``, so that 0 is exactly the env the checkpoint trained on). Only a
+      ``Box`` observation can be blanked: zeros are "nothing seen" for pixels or a vector,
+      but a valid value of a ``Discrete``/``MultiDiscrete``/``MultiBinary`` space (and of a
+      ``Dict``/``Tuple`` holding one), so those envs evaluate at ``flicker_prob == 0`` only.
 
     Args:
         env: A Tune-registered name, a gymnasium id or an env class (``config.env``).
         env_config: The checkpoint's ``env_config``; the other keys are kept as trained.
         flicker_prob: The probability in ``[0, 1]`` of blanking each frame.
         render_mode: ``"rgb_array"`` to record a video.
+
+    Raises:
+        EvaluationError: For ``flicker_prob > 0`` on an env of the last kind whose observation
+            space is not a ``Box``.
     """
     config = dict(env_config)
     builtin_flicker = env in (FLICKERING_ATARI, FLICKERING_GYM, STATELESS_CARTPOLE)
@@ -235,6 +249,15 @@ def make_env(
         # the base env after construction is enough.
         made.unwrapped.render_mode = render_mode
     if not builtin_flicker and flicker_prob > 0.0:
+        if not isinstance(made.observation_space, gym.spaces.Box):
+            made.close()
+            raise EvaluationError(
+                f"flicker_prob={flicker_prob:g}: the env observes {made.observation_space}, and "
+                "only Box observations can flicker (a blanked Discrete, MultiDiscrete or "
+                "MultiBinary value, or a Dict/Tuple of them, would be a real observation, "
+                "not a missing one); pass --flicker-probs 0, or wrap the env so that it "
+                "flickers by itself and train on that."
+            )
         made = FlickerObservation(made, flicker_prob=flicker_prob)
     return made
 
@@ -251,9 +274,16 @@ def play_episodes(
 
     The one place that plays episodes with a module, CleanRL style: the module sees one
     observation at a time as a ``[1, 1, ...]`` batch (``[1, ...]`` for a memory-less module
-    such as RLlib's DQN), its ``STATE_OUT`` is fed back as the next step's ``STATE_IN``, and
+    such as RLlib's DQN; ``Dict``/``Tuple`` observations leaf by leaf, each in the dtype of the
+    module's space), its ``STATE_OUT`` is fed back as the next step's ``STATE_IN``, and
     the state restarts from ``module.get_initial_state()`` at every episode start. The module
     runs at every step, also when the action is random, so its memory sees every frame.
+
+    A module trained with ``lstm_use_prev_action``/``lstm_use_prev_reward`` also gets the
+    ``PREV_ACTIONS`` (int64) and ``PREV_REWARDS`` (float32) ``[1, 1]`` columns that DRQN's
+    env-to-module connector gives it while training acts: the action taken (random or not)
+    and the reward received at the step before, and ``-1`` and ``0`` at an episode's first
+    step (:data:`~rllib_drqn.module.NO_PREV_ACTION`, :data:`~rllib_drqn.module.NO_PREV_REWARD`).
 
     Args:
         module: A trained RLModule with ``forward_inference`` returning greedy ``ACTIONS``.
@@ -277,7 +307,7 @@ def play_episodes(
     rng = np.random.default_rng(seed)
     num_actions = int(env.action_space.n)
     stateful = module.is_stateful()
-    obs_dtype = getattr(module.observation_space, "dtype", None)
+    feeds_prev = stateful and _reads_prev_inputs(module)
     returns = []
     for episode in range(num_episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -286,14 +316,22 @@ def play_episodes(
             if stateful
             else None
         )
+        prev_action, prev_reward = NO_PREV_ACTION, NO_PREV_REWARD
         if record is not None:
             record(env.render())
         episode_return, done = 0.0, False
         while not done:
-            frame = torch.as_tensor(np.asarray(obs, dtype=obs_dtype))
-            batch: dict[str, Any] = {Columns.OBS: frame[None, None] if stateful else frame[None]}
+            frame = _obs_tensors(obs, module.observation_space)
+            batch: dict[str, Any] = {
+                Columns.OBS: tree.map_structure(
+                    lambda leaf: leaf[None, None] if stateful else leaf[None], frame
+                )
+            }
             if stateful:
                 batch[Columns.STATE_IN] = state
+            if feeds_prev:
+                batch[PREV_ACTIONS] = torch.tensor([[prev_action]], dtype=torch.int64)
+                batch[PREV_REWARDS] = torch.tensor([[prev_reward]], dtype=torch.float32)
             with torch.no_grad():
                 out = module.forward_inference(batch)
             if stateful:
@@ -301,12 +339,32 @@ def play_episodes(
             greedy = int(out[Columns.ACTIONS].reshape(-1)[0])
             action = int(rng.integers(num_actions)) if rng.random() < epsilon else greedy
             obs, reward, terminated, truncated, _ = env.step(action)
+            prev_action, prev_reward = action, float(reward)
             episode_return += float(reward)
             done = terminated or truncated
             if record is not None:
                 record(env.render())
         returns.append(episode_return)
     return returns
+
+
+def _reads_prev_inputs(module: RLModule) -> bool:
+    """Whether DRQN's env-to-module connector would add the previous action and reward."""
+    config = module.model_config
+    return isinstance(config, Mapping) and uses_prev_inputs(dict(config))
+
+
+def _obs_tensors(obs: Any, space: gym.Space | None) -> Any:
+    """The env's observation as tensors in the dtypes of the module's space, leaf by leaf.
+
+    The env runner's vector env hands the module numpy arrays in the space's dtypes (int64 for
+    a ``Discrete``); a ``Dict``/``Tuple`` observation keeps its structure.
+    """
+    if isinstance(space, gym.spaces.Dict):
+        return {key: _obs_tensors(obs[key], sub) for key, sub in space.spaces.items()}
+    if isinstance(space, gym.spaces.Tuple):
+        return tuple(_obs_tensors(leaf, sub) for leaf, sub in zip(obs, space.spaces, strict=True))
+    return torch.as_tensor(np.asarray(obs, dtype=getattr(space, "dtype", None)))
 
 
 class GifRecorder:
@@ -613,6 +671,8 @@ def _make_checked_env(
     """Builds the env at ``flicker_prob`` and checks it against the module (and rendering)."""
     try:
         env = make_env(spec.env, spec.env_config, flicker_prob, render_mode=render_mode)
+    except EvaluationError:
+        raise
     except Exception as error:
         raise EvaluationError(
             f"cannot build the checkpoint's env {spec.env_name!r} with env_config "
@@ -621,10 +681,13 @@ def _make_checked_env(
             "this machine can build."
         ) from None
     want, got = module.observation_space, env.observation_space
-    if getattr(want, "shape", None) != getattr(got, "shape", None):
+    mismatch = _space_mismatch(want, got)
+    if mismatch is not None:
+        env.close()
         raise EvaluationError(
             f"the env {spec.env_name!r} built from the checkpoint's config observes {got}, but "
-            f"the module was trained on {want}; the checkpoint is inconsistent."
+            f"the module was trained on {want} ({mismatch}); the checkpoint is inconsistent. "
+            "Evaluate it on the env it trained on."
         )
     if not isinstance(env.action_space, gym.spaces.Discrete):
         raise EvaluationError(
@@ -647,3 +710,35 @@ def _make_checked_env(
                 f"{type(frame).__name__}); leave out --video."
             )
     return env
+
+
+def _space_mismatch(want: gym.Space | None, got: gym.Space, path: str = "") -> str | None:
+    """Where the env's space ``got`` does not fit the module's ``want``; ``None`` if it fits.
+
+    ``Box`` spaces fit by shape (:func:`_obs_tensors` casts to the module's dtype, and bounds
+    do not reach the network); ``Dict``/``Tuple`` spaces by their keys (or length) and then
+    entry by entry; every other space only if equal (a ``Discrete(4)`` one-hot has 4 inputs).
+    """
+    where = f" at {path}" if path else ""
+    if type(want) is not type(got):
+        return f"{type(got).__name__} instead of {type(want).__name__}{where}"
+    if isinstance(want, gym.spaces.Box):
+        return None if want.shape == got.shape else f"shape {got.shape} != {want.shape}{where}"
+    if isinstance(want, gym.spaces.Dict):
+        if set(want.spaces) != set(got.spaces):
+            return f"keys {sorted(got.spaces)} != {sorted(want.spaces)}{where}"
+        pairs = [(f"{path}/{key}".lstrip("/"), want[key], got[key]) for key in want.spaces]
+    elif isinstance(want, gym.spaces.Tuple):
+        if len(want.spaces) != len(got.spaces):
+            return f"{len(got.spaces)} entries != {len(want.spaces)}{where}"
+        pairs = [
+            (f"{path}/{i}".lstrip("/"), w, g)
+            for i, (w, g) in enumerate(zip(want, got, strict=True))
+        ]
+    else:
+        return None if want == got else f"{got} != {want}{where}"
+    for sub_path, sub_want, sub_got in pairs:
+        mismatch = _space_mismatch(sub_want, sub_got, sub_path)
+        if mismatch is not None:
+            return mismatch
+    return None

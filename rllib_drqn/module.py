@@ -43,6 +43,8 @@ __all__ = [
     "CELL_TYPES",
     "DRQN_MODEL_DEFAULTS",
     "IMAGE_CELL_SIZE",
+    "NO_PREV_ACTION",
+    "NO_PREV_REWARD",
     "PREV_ACTIONS",
     "PREV_REWARDS",
     "TARGET_STATE_IN",
@@ -85,6 +87,11 @@ CELL_TYPES = ("lstm", "gru")
 #: episode) and for training (from the replayed sequences and their lookback step).
 PREV_ACTIONS = "prev_actions"
 PREV_REWARDS = "prev_rewards"
+
+#: a_{t-1} and r_{t-1} at an episode's first step (the one-hot of -1 is all zeros). Acting,
+#: training and ``rllib_drqn.evaluate.play_episodes`` all feed these.
+NO_PREV_ACTION = -1
+NO_PREV_REWARD = 0.0
 
 # Keys that RLlib's DQNConfig adds to every model_config on its own
 # (ray/rllib/algorithms/dqn/dqn.py, DQNConfig._model_config_auto_includes), plus the burn-in

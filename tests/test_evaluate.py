@@ -9,6 +9,7 @@ starts no Ray. ``play_episodes`` is tested on modules built directly, without tr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import math
@@ -26,6 +27,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+import tree
 from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.core.columns import Columns
 
@@ -38,6 +40,7 @@ from rllib_drqn.evaluate import (
     EvaluationError,
     FlickerResult,
     GifRecorder,
+    evaluate,
     inspect_checkpoint,
     load_module,
     make_env,
@@ -45,6 +48,7 @@ from rllib_drqn.evaluate import (
     play_episodes,
     plot_observability,
 )
+from rllib_drqn.module import PREV_ACTIONS, PREV_REWARDS
 
 torch.set_num_threads(1)  # Batch-1 inference; threads only fight over CI's 2 cores.
 
@@ -471,3 +475,221 @@ def test_atari_episode_records_a_gif(tmp_path: Path) -> None:
         # Pillow merges identical consecutive frames, so the file may hold fewer.
         assert gif.format == "GIF" and 1 <= gif.n_frames <= 13
         assert gif.size == (160, 210)  # ALE's full RGB screen, not the agent's 84x84 frame.
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured observations and previous action/reward inputs.
+# ---------------------------------------------------------------------------------------------
+
+TINY = {"lstm_cell_size": 8, "fcnet_hiddens": [8], "max_seq_len": 4}
+PREV_INPUTS = {"lstm_use_prev_action": True, "lstm_use_prev_reward": True}
+
+
+class _DictObsEnv(gym.Env):
+    """Name the cue of step 0 at step 3: a Dict of every leaf kind the module one-hot encodes.
+
+    ``env_config["noise_size"]`` (default 2) changes one Box's shape, for the mismatch test.
+    """
+
+    def __init__(self, config: Any = None) -> None:
+        noise = int((config or {}).get("noise_size", 2))
+        self.observation_space = gym.spaces.Dict(
+            {
+                "cue": gym.spaces.Discrete(4),  # cues 0-2, blank 3
+                "noise": gym.spaces.Box(-1.0, 1.0, (noise,), np.float32),
+                "flags": gym.spaces.Tuple(
+                    (gym.spaces.MultiBinary(2), gym.spaces.MultiDiscrete([2, 3]))
+                ),
+            }
+        )
+        self.action_space = gym.spaces.Discrete(3)
+
+    def _obs(self) -> dict[str, Any]:
+        noise = self.observation_space["noise"]
+        return {
+            "cue": np.int64(self._cue if self._t == 0 else 3),
+            "noise": self.np_random.uniform(-1, 1, noise.shape).astype(np.float32),
+            "flags": (
+                np.array([self._t % 2, self._t == 3], dtype=np.int8),
+                np.array([self._t % 2, self._t % 3], dtype=np.int64),
+            ),
+        }
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._cue, self._t = int(self.np_random.integers(3)), 0
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        done = self._t == 3
+        reward = float(done and int(action) == self._cue)
+        self._t += 1
+        return self._obs(), reward, done, False, {}
+
+
+def _train_and_save(config: DRQNConfig, path: Path) -> Path:
+    algo = config.build_algo()
+    try:
+        for _ in range(2):
+            algo.train()
+        return Path(algo.save_to_path(path))
+    finally:
+        algo.stop()
+
+
+def _tiny_drqn(env: Any, env_config: dict[str, Any], **model_config: Any) -> DRQNConfig:
+    return (
+        DRQNConfig()
+        .environment(env, env_config=env_config)
+        .env_runners(num_env_runners=0)
+        .training(num_steps_sampled_before_learning_starts=32, num_sequences_per_batch=4)
+        .rl_module(model_config={**TINY, **model_config})
+        .reporting(min_sample_timesteps_per_iteration=64)
+        .debugging(seed=0)
+    )
+
+
+@pytest.fixture(scope="module")
+def structured_checkpoints(
+    ray_session: None, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """A Dict-observation checkpoint and a Discrete one (DelayedRecall) with prev inputs."""
+    root = tmp_path_factory.mktemp("structured")
+    return {
+        "dict": _train_and_save(_tiny_drqn(_DictObsEnv, {}), root / "dict"),
+        "delayed_recall": _train_and_save(
+            _tiny_drqn("DelayedRecall", {"delay": 2}, **PREV_INPUTS), root / "delayed_recall"
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["dict", "delayed_recall"])
+def test_structured_observation_checkpoints_evaluate(
+    structured_checkpoints: dict[str, Path], tmp_path: Path, no_ray: None, name: str
+) -> None:
+    spec = inspect_checkpoint(structured_checkpoints[name])
+    module = load_module(spec)
+    assert not isinstance(module.observation_space, gym.spaces.Box)
+    # A module with prev inputs raises without their columns: that it plays shows they came.
+    assert module.uses_prev_action == module.uses_prev_reward == (name == "delayed_recall")
+    report = evaluate(spec, [0.0], 4, epsilon=0.2, out_dir=tmp_path / "first")
+    again = evaluate(spec, [0.0], 4, epsilon=0.2, out_dir=tmp_path / "again")
+    (result,) = report.results
+    assert result.episodes == 4 and set(result.returns) <= {0.0, 1.0}  # 1 for naming the cue
+    assert again.results == report.results
+    rows, document = _read_outputs(tmp_path / "first")
+    assert [row["flicker_prob"] for row in rows] == ["0.0"] and document["results"][0]["returns"]
+
+
+def test_evaluate_command_plays_a_prev_inputs_checkpoint(
+    structured_checkpoints: dict[str, Path], workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = structured_checkpoints["delayed_recall"]
+    assert main(["evaluate", str(checkpoint), "--flicker-probs", "0", "--episodes", "3"]) == 0
+    assert "over 3 episodes" in capsys.readouterr().out
+    _expect_error(
+        [str(checkpoint), "--flicker-probs", "0,0.5", "--episodes", "1", "--out", "flicker"],
+        "flicker_prob=0.5",
+        "Discrete(4)",
+        "only Box observations can flicker",
+        "pass --flicker-probs 0",
+        capsys=capsys,
+    )
+    assert not (workdir / "flicker").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "env_config", "match"),
+    [
+        ("dict", {"noise_size": 3}, r"\(shape \(3,\) != \(2,\) at noise\)"),
+        ("delayed_recall", {"delay": 2, "num_cues": 3}, r"\(Discrete\(5\) != Discrete\(4\)\)"),
+    ],
+)
+def test_env_that_does_not_fit_the_module_raises(
+    structured_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    name: str,
+    env_config: dict[str, Any],
+    match: str,
+) -> None:
+    spec = dataclasses.replace(
+        inspect_checkpoint(structured_checkpoints[name]), env_config=env_config
+    )
+    with pytest.raises(EvaluationError, match=f"{match}; the checkpoint is inconsistent"):
+        evaluate(spec, [0.0], 1, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+class _ScriptedEnv(gym.Env):
+    """Ignores its seed, so the env runner and ``play_episodes`` play the same episodes."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.observation_space = gym.spaces.Dict(
+            {"t": gym.spaces.Discrete(6), "last": gym.spaces.MultiBinary(3)}
+        )
+        self.action_space = gym.spaces.Discrete(3)
+
+    def _obs(self, action: int) -> dict[str, Any]:
+        last = np.zeros(3, np.int8)
+        if action >= 0:
+            last[action] = 1
+        return {"t": np.int64(self._t), "last": last}
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(-1), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        self._t += 1
+        reward = 0.25 * self._t + float(action)  # Every step's reward differs.
+        return self._obs(int(action)), reward, self._t == 5, False, {}
+
+
+def _recording(module: DRQNTorchRLModule) -> list[dict[str, Any]]:
+    """Makes ``module.forward_inference`` keep every batch it is given; returns the list."""
+    batches: list[dict[str, Any]] = []
+    forward = module.forward_inference
+
+    def spy(batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        batches.append(batch)
+        return forward(batch, **kwargs)
+
+    module.forward_inference = spy
+    return batches
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_play_episodes_feeds_the_env_runners_module_inputs() -> None:
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    config = _tiny_drqn(_ScriptedEnv, {}, **PREV_INPUTS)
+    config.validate()
+    runner = SingleAgentEnvRunner(config=config)
+    try:
+        module = runner.module
+        acted = _recording(module)
+        episodes = runner.sample(num_episodes=2, explore=False)
+    finally:
+        runner.stop()
+    assert [len(episode) for episode in episodes] == [5, 5]
+    played = _recording(module)
+    env = _ScriptedEnv()
+    returns = play_episodes(module, env, 2, epsilon=0.0, seed=0)
+    assert returns == [float(sum(episode.get_rewards())) for episode in episodes]
+    # The runner also runs the module on each terminal observation (t == 5; gymnasium's
+    # NEXT_STEP autoreset discards that action), which no acting step corresponds to.
+    acted = [batch for batch in acted if int(batch[Columns.OBS]["t"]) != 5]
+    assert len(played) == 10 and len(acted) >= 10
+    for step, (ours, theirs) in enumerate(zip(played, acted[:10], strict=False)):
+        assert set(ours) == set(theirs), step
+        for key in (Columns.OBS, PREV_ACTIONS, PREV_REWARDS, Columns.STATE_IN):
+            for mine, runners in zip(
+                tree.flatten(ours[key]), tree.flatten(theirs[key]), strict=True
+            ):
+                assert mine.dtype == runners.dtype and mine.shape == runners.shape, (step, key)
+                torch.testing.assert_close(mine, runners, msg=f"step {step}, {key}")
+    # The first step of each episode: no previous action (-1) and reward 0, as in training.
+    for start in (0, 5):
+        assert int(played[start][PREV_ACTIONS]) == -1 and float(played[start][PREV_REWARDS]) == 0
+    assert float(played[3][PREV_REWARDS]) == 0.75 + float(played[3][PREV_ACTIONS])
