@@ -32,6 +32,16 @@ Measured, each contender on its own:
   buffer with ``--steps`` steps, and its growth over the child's RSS at the start.
 
 Target (issue 5): <= 7.5 KB (7,500 bytes) per stored step.
+
+Discrete observations (issue 14), a second table: ``DelayedRecall`` episodes sampled by DRQN's
+own env runner (``lstm_use_prev_action`` and ``lstm_use_prev_reward`` on, epsilon-greedy),
+for each of ``--discrete-num-cues`` (observation space ``Discrete(num_cues + 2)``), added to
+``DRQNEpisodeReplayBuffer`` (random mode). The module one-hot encodes observations and the
+previous action itself, so replay should hold the env's int64 observations and no previous
+action or reward column. Reported: the observation column's bytes per stored step, what float32
+one-hots of the same stored observations take (``np.eye(n)[obs]``, built in the same run), and
+bytes per step as above (``tracemalloc`` around adding a deep copy of the sampled episodes;
+episodes of ``delay + 2`` = 6 steps, so the per-episode objects dominate it).
 """
 
 from __future__ import annotations
@@ -92,13 +102,31 @@ def parse_args(argv: list[str] | None = None) -> Any:
         metavar="NAME",
         help=f"Any of {list(CONTENDERS)}.",
     )
+    parser.add_argument(
+        "--discrete-num-cues",
+        type=int,
+        nargs="*",
+        default=[2, 62],
+        metavar="K",
+        help="DelayedRecall num_cues per row of the Discrete table (Discrete(K + 2) "
+        "observations); none skips the table.",
+    )
+    parser.add_argument(
+        "--discrete-steps",
+        type=int,
+        default=10_000,
+        help="Env steps sampled per Discrete row.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps = 3_000
         args.bytes_steps = 2_000
         args.episode_len = 500
-    for flag in ("steps", "bytes_steps", "episode_len"):
+        args.discrete_steps = 600
+    if any(num_cues < 2 for num_cues in args.discrete_num_cues):
+        raise SystemExit("--discrete-num-cues: DelayedRecall needs num_cues >= 2.")
+    for flag in ("steps", "bytes_steps", "episode_len", "discrete_steps"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1.")
     return args
@@ -256,6 +284,72 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+# ---- Discrete observations -----------------------------------------------------------------
+
+
+def sample_delayed_recall(num_cues: int, steps: int, seed: int) -> list[Any]:
+    """``steps`` env steps of DelayedRecall as DRQN's env runner hands them to replay."""
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from rllib_drqn import DRQNConfig
+
+    config = (
+        DRQNConfig()
+        .environment("DelayedRecall", env_config={"num_cues": num_cues})
+        .env_runners(num_env_runners=0)
+        .rl_module(model_config={"lstm_use_prev_action": True, "lstm_use_prev_reward": True})
+        .debugging(seed=seed)
+    )
+    config.validate()
+    runner = SingleAgentEnvRunner(config=config)
+    try:
+        return runner.sample(num_timesteps=steps, explore=True)
+    finally:
+        runner.stop()
+
+
+def measure_discrete(num_cues: int, args: Any) -> dict[str, Any]:
+    """Replay bytes per step for ``Discrete(num_cues + 2)`` observations, and a one-hot's."""
+    import copy
+
+    import numpy as np
+
+    from rllib_drqn.replay import DRQNEpisodeReplayBuffer
+
+    episodes = sample_delayed_recall(num_cues, args.discrete_steps, args.seed)
+    capacity = 2 * args.discrete_steps
+    # One untraced add first, so one-off allocations are not counted.
+    DRQNEpisodeReplayBuffer(capacity, update_mode="random", seed=0).add(copy.deepcopy(episodes))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    buffer = DRQNEpisodeReplayBuffer(capacity, update_mode="random", seed=0)
+    buffer.add(copy.deepcopy(episodes))
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del episodes
+    stored = buffer.get_num_timesteps()
+    observations = [episode.observations.data for episode in buffer.episodes]
+    num_values = num_cues + 2
+    one_hot = np.eye(num_values, dtype=np.float32)
+    one_hot_bytes = sum(one_hot[obs].nbytes for obs in observations)
+    obs_bytes = sum(obs.nbytes for obs in observations)
+    columns = sorted({key for e in buffer.episodes for key in e.extra_model_outputs})
+    return {
+        "observations": f"Discrete({num_values})",
+        "num_cues": num_cues,
+        "stored_steps": stored,
+        "obs_dtype": str(observations[0].dtype),
+        "obs_bytes_per_step": obs_bytes / stored,
+        "one_hot_bytes_per_step": one_hot_bytes / stored,
+        "one_hot_ratio": ratio(one_hot_bytes, obs_bytes),
+        "bytes_per_step": traced / stored,
+        "array_bytes_per_step": array_bytes(buffer) / stored,
+        "extra_columns": columns,
+    }
+
+
 # ---- Main ----------------------------------------------------------------------------------
 
 
@@ -282,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["ratio_vs_peer"] = ratio(row["bytes_per_step"], peer and peer["bytes_per_step"])
         row["meets_target"] = row["bytes_per_step"] <= TARGET_BYTES_PER_STEP
+    discrete_rows = []
+    for num_cues in args.discrete_num_cues:
+        start = time.perf_counter()
+        discrete_rows.append(measure_discrete(num_cues, args))
+        row = discrete_rows[-1]
+        progress(
+            f"{row['observations']}: {row['obs_bytes_per_step']:,.1f} obs B/step, one-hot "
+            f"{row['one_hot_bytes_per_step']:,.1f} ({time.perf_counter() - start:.1f} s)"
+        )
     payload = {
         "benchmark": "memory",
         **header,
@@ -292,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "target_bytes_per_step": TARGET_BYTES_PER_STEP,
         "rows": rows,
+        "discrete_rows": discrete_rows,
     }
     path = write_json(args.out, payload)
     print(
@@ -313,6 +417,28 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
     )
+    if discrete_rows:
+        print()
+        print(
+            format_table(
+                f"Replay memory, DelayedRecall (Discrete observations), DRQN random, prev "
+                f"action and reward on ({args.discrete_steps:,} env steps sampled per row)",
+                [
+                    Column("observations", "observations", "{}"),
+                    Column("obs_dtype", "stored dtype", "{}"),
+                    Column("obs_bytes_per_step", "obs bytes/step", "{:,.1f}"),
+                    Column("one_hot_bytes_per_step", "float32 one-hot bytes/step", "{:,.1f}"),
+                    Column("one_hot_ratio", "one-hot / stored", "{:.1f}x"),
+                    Column("bytes_per_step", "bytes/step", "{:,.0f}"),
+                    Column("array_bytes_per_step", "array bytes/step", "{:,.0f}"),
+                    Column("extra_columns", "extra columns stored", "{}"),
+                ],
+                [
+                    {**row, "extra_columns": ", ".join(row["extra_columns"])}
+                    for row in discrete_rows
+                ],
+            )
+        )
     print(f"\nJSON: {path}")
     return 0
 

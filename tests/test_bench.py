@@ -66,6 +66,15 @@ def test_memory_smoke_meets_the_replay_target(tmp_path: Path) -> None:
     assert not rows["DRQN random"]["stores_lstm_state"]
     assert rows["DRQN stored"]["stores_lstm_state"]
     assert rows["DRQN random"]["frame_dtype"] == "uint8"
+    # Discrete observations stay int64 in replay (the module one-hot encodes them), and no
+    # previous action or reward column is stored: only the ints, not float one-hots.
+    assert_table(stdout, "observations", ["Discrete(4)", "Discrete(64)"])
+    for row, num_values in zip(result["discrete_rows"], (4, 64), strict=True):
+        assert_finite_numbers(row, ["obs_bytes_per_step", "one_hot_bytes_per_step"])
+        assert row["obs_dtype"] == "int64" and row["obs_bytes_per_step"] < 10
+        assert row["extra_columns"] == ["weights_seq_no"]
+        # 8 bytes per stored int against 4 per one-hot entry.
+        assert row["one_hot_ratio"] == pytest.approx(num_values * 4 / 8)
 
 
 def test_throughput_smoke_measures_both_contenders(tmp_path: Path) -> None:

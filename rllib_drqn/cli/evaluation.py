@@ -78,7 +78,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="P,P,...",
         help="comma-separated probabilities in [0, 1] of blanking a frame, e.g. "
-        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1 (only Box observations flicker: for "
+        "Discrete, MultiDiscrete, MultiBinary, Dict and Tuple ones pass 0)",
     )
     parser.add_argument(
         "--episodes", required=True, metavar="N", help="episodes per flicker probability (>= 1)"
