@@ -73,6 +73,7 @@ __all__ = [
     "use_sequence_batching",
 ]
 
+
 class AddPrevActionsRewardsToBatch(ConnectorV2):
     """Adds ``PREV_ACTIONS``/``PREV_REWARDS`` from the episodes, when the module reads them.
 
