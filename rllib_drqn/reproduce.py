@@ -512,8 +512,9 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
                 "train_return_mean": float(
                     result[ENV_RUNNER_RESULTS].get(EPISODE_RETURN_MEAN, float("nan"))
                 ),
-                "best_eval_return_mean": best,
             }
+            if evaluations:  # Tune's TensorBoard logger warns on -inf.
+                metrics["best_eval_return_mean"] = best
             due = steps >= protocol.env_steps or steps >= (evaluations + 1) * protocol.eval_interval
             if not due:
                 tune.report(metrics)
@@ -543,6 +544,13 @@ def _trial_resources(trial: Mapping[str, Any]) -> Any:
     contender = Contender(**trial["trial"]["contender"])
     config = build_contender_config(protocol, contender, int(trial["trial"]["seed"]))
     return config.algo_class.default_resource_request(config)
+
+
+def _plain(value: Any, kind: type) -> Any:
+    """A Python number for JSON (Tune hands metrics back as numpy scalars), or None."""
+    if value is None or (kind is float and not math.isfinite(float(value))):
+        return None
+    return kind(value)
 
 
 def _trial_name(trial: Any) -> str:
@@ -592,8 +600,8 @@ def run_training(protocol: Protocol, out: Path, verbose: int = 1) -> list[TrialR
                 seed=seed,
                 finished=result.error is None and steps >= protocol.env_steps,
                 env_steps=steps,
-                updates=metrics.get("updates"),
-                best_eval_return=metrics.get("best_eval_return_mean"),
+                updates=_plain(metrics.get("updates"), int),
+                best_eval_return=_plain(metrics.get("best_eval_return_mean"), float),
                 checkpoint=best.path if best is not None else None,
                 error=None if result.error is None else f"{type(result.error).__name__}",
             )
@@ -997,6 +1005,9 @@ def run_reproduction(
                 f"the {contender.key} config is invalid for {protocol.task}: {error}"
             ) from None
     out.mkdir(parents=True)
+    # Each evaluation reports a checkpoint and Tune keeps one: its "snapshotting triggered
+    # multiple times" warning would then print every few seconds (0 turns it off).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = time.monotonic()
     if not ray.is_initialized():
         ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
