@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -266,3 +270,39 @@ def test_tiny_run_writes_every_table_plot_and_verdict(
     assert main(["reproduce", "--redraw", str(out)]) == 0
     assert json.loads((out / "claims.json").read_text()) == document
     assert (out / "report.md").read_text() == report
+
+
+def test_paper_scale_without_a_gpu_fails_before_training(
+    tmp_path: Path, ray_session: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial that can never be placed would leave Tune PENDING for ever: say so instead."""
+    out = tmp_path / "report"
+    status = main(["reproduce", "--env", "FlickeringAtari", "--game", "Pong", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "needs 1 GPU(s) but the Ray cluster has 0" in err
+    assert "--num-gpus-per-learner 0" in err
+    assert not out.exists()
+
+
+def test_ctrl_c_leaves_a_report_marked_incomplete(tmp_path: Path) -> None:
+    """SIGINT mid-training: Tune stops the trials, the report says what did not finish, exit 3."""
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "rllib_drqn", "reproduce", "--claims", "C1", "--seeds", "1"]
+    command += ["--env-steps", "50000", "--eval-interval", "500", "--eval-episodes", "1"]
+    command += ["--sweep-episodes", "1", "--out", str(out), "--verbose", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not list((out / "runs").glob("train/*/checkpoint_*")):  # Both trials are training.
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=180)
+
+    assert process.returncode == 3, output
+    assert "INCOMPLETE" in output
+    document = json.loads((out / "claims.json").read_text())
+    assert document["complete"] is False
+    assert sorted(document["unfinished_trials"]) == ["DQN-10@p0.5 seed 0", "DRQN@p0.5 seed 0"]
+    assert "**Incomplete**" in (out / "report.md").read_text()
+    assert (out / "c1.png").exists() and (out / "trials.json").exists()
