@@ -48,6 +48,7 @@ import gymnasium as gym
 import numpy as np
 
 from rllib_drqn.envs import FLICKERING_ATARI, FLICKERING_GYM
+from rllib_drqn.messages import one_line
 
 __all__ = [
     "CLAIMS",
@@ -141,6 +142,7 @@ class Protocol:
         sweep_probs: The flicker probabilities of the sweep; must hold 0 and C3's.
         update_interval: Env steps per update of 32 samples.
         smoke: A few iterations of the paper-scale settings, to check the set-up.
+        num_gpus_per_learner: GPUs of each trial's learner (the paper's scale wants 1).
     """
 
     claims: tuple[str, ...] = CLAIMS
@@ -156,6 +158,7 @@ class Protocol:
     sweep_probs: tuple[float, ...] = SWEEP_PROBS
     update_interval: int = 4
     smoke: bool = False
+    num_gpus_per_learner: float = 0.0
 
     @property
     def paper_scale(self) -> bool:
@@ -253,6 +256,8 @@ def build_contender_config(protocol: Protocol, contender: Contender, seed: int) 
                 num_steps_sampled_before_learning_starts=100,
                 replay_buffer_config={**config.replay_buffer_config, "capacity": 5_000},
             ).env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+        if protocol.num_gpus_per_learner:
+            config = config.learners(num_gpus_per_learner=protocol.num_gpus_per_learner)
         return config.debugging(seed=seed).reporting(
             min_sample_timesteps_per_iteration=min(protocol.eval_interval, 1_000)
         )
@@ -512,8 +517,9 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
                 "train_return_mean": float(
                     result[ENV_RUNNER_RESULTS].get(EPISODE_RETURN_MEAN, float("nan"))
                 ),
-                "best_eval_return_mean": best,
             }
+            if evaluations:  # Tune's TensorBoard logger warns on -inf.
+                metrics["best_eval_return_mean"] = best
             due = steps >= protocol.env_steps or steps >= (evaluations + 1) * protocol.eval_interval
             if not due:
                 tune.report(metrics)
@@ -537,12 +543,40 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
         env.close()
 
 
+def _check_cluster_fits(protocol: Protocol, specs: Sequence[Mapping[str, Any]]) -> None:
+    """Fails fast if no trial could ever start (Tune would wait for ever, PENDING)."""
+    import ray
+
+    have = ray.cluster_resources()
+    bundles = _trial_resources({"trial": specs[0]}).bundles
+    for resource in ("CPU", "GPU"):
+        need = sum(bundle.get(resource, 0) for bundle in bundles)
+        if need > have.get(resource, 0):
+            fix = (
+                "pass --num-gpus-per-learner 0 to train on the CPU (slow), or run on a "
+                "machine or cluster with a GPU"
+                if resource == "GPU"
+                else "lower num_env_runners, or add CPUs (a Ray cluster: RAY_ADDRESS)"
+            )
+            raise ReproduceError(
+                f"one trial needs {need:g} {resource}(s) but the Ray cluster has "
+                f"{have.get(resource, 0):g}; {fix}."
+            )
+
+
 def _trial_resources(trial: Mapping[str, Any]) -> Any:
     """The Algorithm's own resource request (learner, env runners) for a trial."""
     protocol = Protocol.from_dict(trial["trial"]["protocol"])
     contender = Contender(**trial["trial"]["contender"])
     config = build_contender_config(protocol, contender, int(trial["trial"]["seed"]))
     return config.algo_class.default_resource_request(config)
+
+
+def _plain(value: Any, kind: type) -> Any:
+    """A Python number for JSON (Tune hands metrics back as numpy scalars), or None."""
+    if value is None or (kind is float and not math.isfinite(float(value))):
+        return None
+    return kind(value)
 
 
 def _trial_name(trial: Any) -> str:
@@ -592,8 +626,8 @@ def run_training(protocol: Protocol, out: Path, verbose: int = 1) -> list[TrialR
                 seed=seed,
                 finished=result.error is None and steps >= protocol.env_steps,
                 env_steps=steps,
-                updates=metrics.get("updates"),
-                best_eval_return=metrics.get("best_eval_return_mean"),
+                updates=_plain(metrics.get("updates"), int),
+                best_eval_return=_plain(metrics.get("best_eval_return_mean"), float),
                 checkpoint=best.path if best is not None else None,
                 error=None if result.error is None else f"{type(result.error).__name__}",
             )
@@ -994,12 +1028,17 @@ def run_reproduction(
             build_contender_config(protocol, contender, protocol.seeds[0]).validate()
         except Exception as error:
             raise ReproduceError(
-                f"the {contender.key} config is invalid for {protocol.task}: {error}"
+                f"the {contender.key} config is invalid for {protocol.task}: {one_line(error)}"
             ) from None
-    out.mkdir(parents=True)
+    # Each evaluation reports a checkpoint and Tune keeps one: its "snapshotting triggered
+    # multiple times" warning would then print every few seconds (0 turns it off).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = time.monotonic()
     if not ray.is_initialized():
         ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+    contender = contenders_for(protocol)[0]
+    _check_cluster_fits(protocol, [_trial_spec(protocol, contender, protocol.seeds[0])])
+    out.mkdir(parents=True)
     records: list[TrialRecord] = []
     try:
         records = run_training(protocol, out, verbose=verbose)
@@ -1011,6 +1050,12 @@ def run_reproduction(
         records = run_sweeps(protocol, records, out)
     except KeyboardInterrupt:
         log("interrupted: writing the report of what finished")
+        if not records:  # Interrupted inside Tune: no trial is known to have finished.
+            records = [
+                TrialRecord(contender, seed, False, 0, None, None, None, error="interrupted")
+                for contender in contenders_for(protocol)
+                for seed in protocol.seeds
+            ]
     save_records(out, protocol, records)
     document = write_report(out, protocol, records)
     log(f"report: {out / REPORT_FILE} ({time.monotonic() - started:.0f} s in all)")

@@ -58,6 +58,19 @@ def _int(text: str | None, flag: str) -> int | None:
         raise CLIError(f"{flag} takes an integer, got {text!r}.") from None
 
 
+def _gpus(text: str | None, paper_scale: bool) -> float:
+    """``--num-gpus-per-learner``; default 1 at the paper's scale (not --smoke), else 0."""
+    if text is None:
+        return 1.0 if paper_scale else 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise CLIError(f"--num-gpus-per-learner takes a number >= 0, got {text!r}.")
+    return value
+
+
 def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
@@ -92,6 +105,7 @@ def protocol_from_args(args: argparse.Namespace) -> reproduce.Protocol:
         "sweep_probs": _probs(args.flicker_probs),
         "update_interval": _int(args.update_interval, "--update-interval"),
         "smoke": args.smoke,
+        "num_gpus_per_learner": _gpus(args.num_gpus_per_learner, paper and not args.smoke),
     }
     if args.smoke:
         for key, value in _SMOKE.items():
@@ -204,6 +218,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--update-interval",
         metavar="N",
         help="env steps per update of 32 samples, small scale (default 4)",
+    )
+    parser.add_argument(
+        "--num-gpus-per-learner",
+        metavar="G",
+        help="GPUs per trial's learner (default 1 with FlickeringAtari, except --smoke; else 0)",
     )
     parser.add_argument(
         "--smoke",
