@@ -725,6 +725,11 @@ def _welch_greater(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
 
 
+def _p(pvalue: float) -> str:
+    """``= 0.0123``, or ``< 1e-04`` where the test's p-value underflows to 0."""
+    return "< 1e-04" if pvalue < 1e-4 else f"= {pvalue:.3g}"
+
+
 def _summary(values: Sequence[float]) -> dict[str, Any]:
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return {"mean": float(np.mean(values)), "std": std, "n": len(values), "values": list(values)}
@@ -765,7 +770,7 @@ def decide_claims(protocol: Protocol, out: Path, records: Sequence[TrialRecord])
             why = (
                 "fewer than 2 seeds per contender: no test"
                 if pvalue is None
-                else f"non-inferiority p = {pvalue:.3g} {'<' if holds else '>='} {ALPHA}"
+                else f"non-inferiority p {_p(pvalue)} {'<' if holds else '>='} {ALPHA}"
             )
         else:
             holds, why = False, "a contender has no evaluated seed"
@@ -780,7 +785,7 @@ def decide_claims(protocol: Protocol, out: Path, records: Sequence[TrialRecord])
             rho, pvalue = stats.spearmanr([1 - q for q in probs], means, alternative="greater")
             numbers |= {"spearman_rho": float(rho), "p_value": float(pvalue)}
             holds = bool(rho > 0 and pvalue < ALPHA)
-            why = f"Spearman rho = {rho:.3f}, one-sided p = {pvalue:.3g}"
+            why = f"Spearman rho = {rho:.3f}, one-sided p {_p(pvalue)}"
         else:
             holds, why = False, "DRQN has no evaluated seed, or a flat curve"
         if scores.get(dqn10):
@@ -816,7 +821,7 @@ def decide_claims(protocol: Protocol, out: Path, records: Sequence[TrialRecord])
             }
             holds = all(above) and pvalue is not None and pvalue < ALPHA
             why = f"DRQN above DQN-4 at {sum(above)} of {len(above)} p; averaged over p, " + (
-                "fewer than 2 seeds: no test" if pvalue is None else f"p = {pvalue:.3g}"
+                "fewer than 2 seeds: no test" if pvalue is None else f"p {_p(pvalue)}"
             )
         else:
             holds = False
