@@ -252,10 +252,12 @@ def build_contender_config(protocol: Protocol, contender: Contender, seed: int) 
         else:
             config = presets.dqn_frame_stack(contender.frames, game, contender.flicker_prob)
         if protocol.smoke:
+            # A few updates in minutes on a CPU: learning from 200 steps, a small replay, and
+            # the presets' 4 envs sampled in the trial's own process (one update per 4 steps).
             config = config.training(
-                num_steps_sampled_before_learning_starts=100,
+                num_steps_sampled_before_learning_starts=200,
                 replay_buffer_config={**config.replay_buffer_config, "capacity": 5_000},
-            ).env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+            ).env_runners(num_env_runners=0)
         if protocol.num_gpus_per_learner:
             config = config.learners(num_gpus_per_learner=protocol.num_gpus_per_learner)
         return config.debugging(seed=seed).reporting(

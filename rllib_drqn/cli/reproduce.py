@@ -29,7 +29,7 @@ _DEFAULT_ENV_STEPS = (30_000, 10_000_000)
 #: The paper evaluates every 50k updates: 200k env steps at one update per 4 steps.
 _DEFAULT_EVAL_INTERVAL = (5_000, 200_000)
 #: ``--smoke``: a few iterations, one seed, one episode per evaluation.
-_SMOKE = {"env_steps": 2_000, "eval_interval": 1_000, "eval_episodes": 1, "sweep_episodes": 1}
+_SMOKE = {"env_steps": 600, "eval_interval": 300, "eval_episodes": 1, "sweep_episodes": 1}
 
 EXIT_INTERRUPTED = 3
 
@@ -227,7 +227,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="a few iterations (2,000 env steps, 1 seed, 1 episode per evaluation)",
+        help="a few iterations (600 env steps, 1 seed, 1 episode per evaluation)",
     )
     parser.add_argument(
         "--out",
