@@ -20,6 +20,9 @@ steps):
   with 1-step targets: its sequence replay asserts ``n_step == 1``.
 - ``DQN (no memory)``: DQN with a 64-unit dense layer where the others have the LSTM; the
   same number of transitions per update.
+- ``DRQN defaults`` (not in the default list): ``DRQNConfig().environment(...)`` with nothing
+  else set, the out-of-the-box first try (README, "Configuration"); e.g. ``--contenders "DRQN
+  defaults" --target-return 150 --max-steps 25000 --seeds 0 1 2 3 4``.
 - ``DRQN stored async`` (not in the default list): ``DRQN stored`` with ``async_training``:
   one remote env runner samples while the learner trains in the driver, at the replay ratio
   the sync loop runs at, held by the rate limiter.
@@ -76,6 +79,9 @@ TARGET_WALL_RATIO = 1.5
 #: in the driver, the rate limiter holding the sync loop's replay ratio (one update per
 #: ``--rollout-fragment-length`` env steps); "DRQN stored" is its sync peer at that ratio.
 ASYNC_NAME = "DRQN stored async"
+#: ``DRQNConfig().environment(ENV)`` and nothing else (issue #14's "good first try"): none of
+#: the flags below reach it, only the measurement's iteration size and return window.
+DEFAULTS_NAME = "DRQN defaults"
 CONTENDERS = (
     "DRQN random",
     "DRQN sequential",
@@ -83,6 +89,7 @@ CONTENDERS = (
     PEER_NAME,
     MEMORYLESS_NAME,
     ASYNC_NAME,
+    DEFAULTS_NAME,
 )
 DEFAULT_CONTENDERS = CONTENDERS[:5]
 
@@ -149,6 +156,19 @@ def build(name: str, args: Any, seed: int) -> Any:
         n_step=args.n_step,
         epsilon=((0, 1.0), (args.epsilon_steps, args.epsilon_final)),
     )
+    if name == DEFAULTS_NAME:
+        from rllib_drqn import DRQNConfig
+
+        return (
+            DRQNConfig()
+            .environment(ENV)
+            .reporting(
+                min_sample_timesteps_per_iteration=args.steps_per_iteration,
+                metrics_num_episodes_for_smoothing=args.window,
+            )
+            .debugging(seed=seed)
+            .build_algo()
+        )
     if name.startswith("DRQN "):
         update_mode = name.removeprefix("DRQN ").removesuffix(" async")
         # R2D2's layout: burn-in steps only warm the stored state up, then max_seq_len trained.
