@@ -1,4 +1,4 @@
-"""Sample efficiency on StatelessCartPole: env steps and wall seconds to a mean return of 450.
+"""Sample efficiency on StatelessCartPole (or DelayedRecall): env steps and wall s to a target.
 
 Run (from the repository root)::
 
@@ -23,9 +23,20 @@ steps):
 - ``DRQN defaults`` (not in the default list): ``DRQNConfig().environment(...)`` with nothing
   else set, the out-of-the-box first try (README, "Configuration"); e.g. ``--contenders "DRQN
   defaults" --target-return 150 --max-steps 25000 --seeds 0 1 2 3 4``.
+- ``DQN (no memory) defaults`` (not in the default list): its memory-less baseline,
+  ``rllib_drqn.baselines.memoryless_dqn`` (RLlib's DQN with the same defaults, a dense layer
+  where DRQN has its LSTM).
+
+``--env DelayedRecall`` (the package's Discrete memory env: name the cue seen 5 steps back)
+takes only the two defaults contenders, e.g. ``--env DelayedRecall --contenders "DRQN
+defaults" "DQN (no memory) defaults" --target-return 0.9 --max-steps 10000``: the others are
+sized for StatelessCartPole, and RLlib's ``use_lstm`` DQN takes no Discrete observations.
 - ``DRQN stored async`` (not in the default list): ``DRQN stored`` with ``async_training``:
   one remote env runner samples while the learner trains in the driver, at the replay ratio
   the sync loop runs at, held by the rate limiter.
+- ``DRQN stored remote`` (not in the default list): its sync peer, ``DRQN stored`` in RLlib's
+  loop with the same one remote env runner, so the two differ only in the loop (a remote
+  runner seeds its env with ``seed + 1``, the driver's own runner with ``seed``).
 
 A run stops when the training return, averaged over the last ``--window`` episodes
 (``env_runners/episode_return_mean``, epsilon-greedy), first reaches ``--target-return``, or at
@@ -72,16 +83,23 @@ from common import (
     write_json,
 )
 
-ENV = "StatelessCartPole"
+ENVS = ("StatelessCartPole", "DelayedRecall")
 TARGET_STEPS = 20_000
 TARGET_WALL_RATIO = 1.5
 #: DRQN stored with the asynchronous loop: 1 remote env runner samples while the learner trains
 #: in the driver, the rate limiter holding the sync loop's replay ratio (one update per
 #: ``--rollout-fragment-length`` env steps); "DRQN stored" is its sync peer at that ratio.
 ASYNC_NAME = "DRQN stored async"
-#: ``DRQNConfig().environment(ENV)`` and nothing else (issue #14's "good first try"): none of
+#: ``DRQN stored`` in RLlib's sync loop with the same one remote env runner as the async
+#: contender: the peer that differs from it only in the loop. A remote runner seeds its env and
+#: exploration with ``seed + worker_index`` (RLlib's ``EnvRunner._set_seeding``), the driver's
+#: local runner with ``seed``, so "DRQN stored" at seed s acts on other episodes than either.
+SYNC_REMOTE_NAME = "DRQN stored remote"
+#: ``DRQNConfig().environment(env)`` and nothing else (issue #14's "good first try"): none of
 #: the flags below reach it, only the measurement's iteration size and return window.
 DEFAULTS_NAME = "DRQN defaults"
+#: ``rllib_drqn.baselines.memoryless_dqn``: the defaults' memory-less baseline.
+MEMORYLESS_DEFAULTS_NAME = "DQN (no memory) defaults"
 CONTENDERS = (
     "DRQN random",
     "DRQN sequential",
@@ -89,13 +107,16 @@ CONTENDERS = (
     PEER_NAME,
     MEMORYLESS_NAME,
     ASYNC_NAME,
+    SYNC_REMOTE_NAME,
     DEFAULTS_NAME,
+    MEMORYLESS_DEFAULTS_NAME,
 )
 DEFAULT_CONTENDERS = CONTENDERS[:5]
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
     parser = base_parser(__doc__.split("\n\n")[0], "bench/out/sample_efficiency.json")
+    parser.add_argument("--env", choices=ENVS, default=ENVS[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--contenders",
@@ -126,6 +147,12 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--learning-starts", type=int, default=500)
     parser.add_argument("--target-network-update-freq", type=int, default=500)
     args = parser.parse_args(argv)
+    defaults_only = {DEFAULTS_NAME, MEMORYLESS_DEFAULTS_NAME}
+    if args.env != ENVS[0] and not set(args.contenders) <= defaults_only:
+        parser.error(
+            f"--env {args.env} takes only the contenders {sorted(defaults_only)}; the others "
+            f"are sized for {ENVS[0]}. Pass --contenders {' '.join(map(repr, defaults_only))}."
+        )
     if args.smoke:
         args.seeds = [0]
         args.max_steps = 200
@@ -156,13 +183,17 @@ def build(name: str, args: Any, seed: int) -> Any:
         n_step=args.n_step,
         epsilon=((0, 1.0), (args.epsilon_steps, args.epsilon_final)),
     )
-    if name == DEFAULTS_NAME:
+    if name in (DEFAULTS_NAME, MEMORYLESS_DEFAULTS_NAME):
         from rllib_drqn import DRQNConfig
+        from rllib_drqn.baselines import memoryless_dqn
 
+        config = (
+            DRQNConfig().environment(args.env)
+            if name == DEFAULTS_NAME
+            else memoryless_dqn(args.env)
+        )
         return (
-            DRQNConfig()
-            .environment(ENV)
-            .reporting(
+            config.reporting(
                 min_sample_timesteps_per_iteration=args.steps_per_iteration,
                 metrics_num_episodes_for_smoothing=args.window,
             )
@@ -170,20 +201,22 @@ def build(name: str, args: Any, seed: int) -> Any:
             .build_algo()
         )
     if name.startswith("DRQN "):
-        update_mode = name.removeprefix("DRQN ").removesuffix(" async")
+        update_mode = name.removeprefix("DRQN ").removesuffix(" async").removesuffix(" remote")
         # R2D2's layout: burn-in steps only warm the stored state up, then max_seq_len trained.
         burn_in = args.burn_in if update_mode == "stored" else 0
         recurrent = replace(recurrent, max_seq_len=burn_in + args.max_seq_len)
         config = drqn_config(
-            ENV, {}, recurrent, shared, update_mode=update_mode, burn_in_len=burn_in
+            args.env, {}, recurrent, shared, update_mode=update_mode, burn_in_len=burn_in
         )
+        if name in (ASYNC_NAME, SYNC_REMOTE_NAME):
+            config.env_runners(num_env_runners=1)
         if name == ASYNC_NAME:
             # replay_ratio stays None: the ratio the sync loop runs at (320 by default).
-            config.env_runners(num_env_runners=1).training(async_training=True)
+            config.training(async_training=True)
         return config.build_algo()
     if name == PEER_NAME:
-        return lstm_dqn_config(ENV, {}, recurrent, shared).build_algo()
-    return memoryless_dqn_config(ENV, {}, recurrent, shared).build_algo()
+        return lstm_dqn_config(args.env, {}, recurrent, shared).build_algo()
+    return memoryless_dqn_config(args.env, {}, recurrent, shared).build_algo()
 
 
 def run_one(name: str, args: Any, seed: int) -> dict[str, Any]:
@@ -308,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "sample_efficiency",
         **header,
         "load_average_1m_at_end": os.getloadavg()[0],
-        "env": ENV,
+        "env": args.env,
         "targets": {
             "return": args.target_return,
             "env_steps": TARGET_STEPS,
@@ -320,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(args.out, payload)
     print(
         format_table(
-            f"Sample efficiency, {ENV}: to a mean return of {args.target_return:g} over "
+            f"Sample efficiency, {args.env}: to a mean return of {args.target_return:g} over "
             f"{args.window} episodes (medians over seeds {args.seeds}; at most "
             f"{args.max_steps:,} env steps per run)",
             [

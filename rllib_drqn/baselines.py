@@ -18,7 +18,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 
-__all__ = ["FrameStackDQN", "FrameStackDQNConfig", "PixelDQNTorchRLModule"]
+__all__ = ["FrameStackDQN", "FrameStackDQNConfig", "PixelDQNTorchRLModule", "memoryless_dqn"]
 
 #: Nature DQN's torso (Mnih et al. 2015), the same convolutions as DRQN's, then a dense 512.
 NATURE_CONV_FILTERS = [[32, 8, 4], [64, 4, 2], [64, 3, 1]]
@@ -56,3 +56,43 @@ class FrameStackDQN(DQN):
     @override(DQN)
     def get_default_config(cls) -> FrameStackDQNConfig:
         return FrameStackDQNConfig()
+
+
+def memoryless_dqn(env: str, env_config: dict[str, Any] | None = None) -> DQNConfig:
+    """RLlib's DQN with ``DRQNConfig()``'s small-task defaults and no memory: their baseline.
+
+    What a memory test compares DRQN's defaults against: the same lr, epsilon schedule,
+    n-step targets, update interval and return window (read from ``DRQNConfig()``, so the two
+    cannot drift apart), 32 x ``max_seq_len`` transitions per update, and a dense layer of
+    the LSTM's size where DRQN has the LSTM. Discrete and Tuple/Dict observations are one-hot
+    encoded by RLlib's own ``FlattenObservations`` piece, as DRQN's module encodes them.
+    """
+    from ray.rllib.connectors.env_to_module import FlattenObservations
+
+    from rllib_drqn.config import DRQNConfig
+    from rllib_drqn.module import DRQN_MODEL_DEFAULTS, VECTOR_CELL_SIZE
+
+    defaults = DRQNConfig()
+    return (
+        DQNConfig()
+        .environment(env, env_config=dict(env_config or {}))
+        .training(
+            lr=defaults.lr,
+            epsilon=defaults.epsilon,
+            n_step=defaults.n_step,
+            dueling=defaults.dueling,
+            grad_clip=defaults.grad_clip,
+            train_batch_size_per_learner=defaults.train_batch_size_per_learner,
+        )
+        .env_runners(
+            rollout_fragment_length=defaults.rollout_fragment_length,
+            env_to_module_connector=lambda *args, **kwargs: FlattenObservations(),
+        )
+        .rl_module(
+            model_config={
+                "fcnet_hiddens": [*DRQN_MODEL_DEFAULTS["fcnet_hiddens"], VECTOR_CELL_SIZE],
+                "head_fcnet_hiddens": [],
+            }
+        )
+        .reporting(metrics_num_episodes_for_smoothing=defaults.metrics_num_episodes_for_smoothing)
+    )

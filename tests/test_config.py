@@ -19,7 +19,10 @@ def test_defaults_build_drqn_with_sequences_of_the_paper() -> None:
     config = cartpole_config()
     config.validate()
     assert config.algo_class is DRQN
-    assert config.update_mode == "random"
+    # Stored state is the default (small tasks learn with it); the paper's random updates
+    # are presets.drqn_paper's.
+    assert config.update_mode == "stored"
+    assert config.burn_in_len == 0
     assert config.model_config["max_seq_len"] == 10
     assert config.num_sequences_per_batch == 32
     assert config.train_batch_size_per_learner == 320

@@ -102,35 +102,18 @@ RECALL_CHANCE_CEILING = 0.7
 RECALL_BUDGET = 10_000
 
 
-def _memoryless_dqn_on_delayed_recall(seed: int) -> Any:
-    """RLlib's DQN with DRQN's small-task settings, Discrete obs one-hot by RLlib's piece."""
-    from ray.rllib.algorithms.dqn import DQNConfig
-    from ray.rllib.connectors.env_to_module import FlattenObservations
-
-    return (
-        DQNConfig()
-        .environment("DelayedRecall")
-        .training(lr=1e-3, epsilon=[(0, 1.0), (5_000, 0.02)])
-        .env_runners(
-            rollout_fragment_length=4,
-            env_to_module_connector=lambda *args, **kwargs: FlattenObservations(),
-        )
-        .reporting(metrics_num_episodes_for_smoothing=20)
-        .debugging(seed=seed)
-    )
-
-
 @pytest.mark.learning
 @pytest.mark.usefixtures("ray_session")
 def test_defaults_learn_delayed_recall_where_memoryless_dqn_stays_at_chance() -> None:
     from rllib_drqn import DRQNConfig
+    from rllib_drqn.baselines import memoryless_dqn
 
     torch.set_num_threads(1)
     drqn_best, drqn_at, drqn_curve = train_until(
         DRQNConfig().environment("DelayedRecall").debugging(seed=0), RECALL_TARGET, RECALL_BUDGET
     )
     dqn_best, dqn_at, dqn_curve = train_until(
-        _memoryless_dqn_on_delayed_recall(0), RECALL_TARGET, RECALL_BUDGET
+        memoryless_dqn("DelayedRecall").debugging(seed=0), RECALL_TARGET, RECALL_BUDGET
     )
     print(f"\nDRQN defaults: best {drqn_best:.2f} at {drqn_at:.0f} env steps; {drqn_curve}")
     print(f"DQN (no memory): best {dqn_best:.2f} at {dqn_at:.0f}; {dqn_curve}")
@@ -138,13 +121,16 @@ def test_defaults_learn_delayed_recall_where_memoryless_dqn_stays_at_chance() ->
     assert dqn_best < RECALL_CHANCE_CEILING
 
 
-@pytest.mark.slow
 @pytest.mark.learning
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_defaults_learn_stateless_cartpole_to_150_within_25k_steps(seed: int) -> None:
-    """The issue's CI acceptance. Measured: 150 at 13,000 and 15,000 env steps (seeds 0, 1);
-    seed 2 plateaued near 80-100 (random updates from a zero state), so it is not in CI yet."""
+    """``DRQNConfig().environment(...)`` and nothing else, as a new user's first try.
+
+    Measured with the defaults (stored state, lr 3e-3): 150 at 11,000 / 13,000 / 9,000 env
+    steps at seeds 0 / 1 / 2. The memory-less DQN stays below 150 on 25k steps with the tuned
+    recipe (test above).
+    """
     from rllib_drqn import DRQNConfig
 
     torch.set_num_threads(1)

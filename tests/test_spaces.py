@@ -380,7 +380,8 @@ def test_paper_preset_pins_the_papers_settings_over_the_small_task_defaults() ->
     from rllib_drqn import presets
 
     defaults, paper = DRQNConfig(), presets.drqn_paper()
-    assert (defaults.n_step, defaults.lr, defaults.rollout_fragment_length) == (3, 1e-3, 4)
+    assert (defaults.n_step, defaults.lr, defaults.rollout_fragment_length) == (3, 3e-3, 4)
+    assert defaults.update_mode == "stored"
     assert (paper.n_step, paper.lr, paper.rollout_fragment_length) == (1, 1e-4, 1)
     assert paper.metrics_num_episodes_for_smoothing == 100
     assert (paper.update_mode, paper.burn_in_len, paper.num_envs_per_env_runner) == ("random", 0, 4)
