@@ -108,6 +108,24 @@ def test_state_out_continues_the_sequence() -> None:
     assert torch.allclose(state["h"], whole[Columns.STATE_OUT]["h"], atol=1e-5)
 
 
+def test_one_step_calls_run_the_cell_without_onednn_and_restore_the_flag() -> None:
+    """Acting (T=1) skips oneDNN's per-call weight reorder; longer unrolls keep it."""
+    module = build()
+    cell, seen = module.q_net.lstm, []
+    forward = cell.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.mkldnn.enabled)
+        return forward(*args, **kwargs)
+
+    cell.forward = spy
+    state = zero_state(module, 2)
+    module.compute_q_values({Columns.OBS: torch.randn(2, 1, 2), Columns.STATE_IN: state})
+    module.compute_q_values({Columns.OBS: torch.randn(2, 5, 2), Columns.STATE_IN: state})
+    assert seen == [False, True]
+    assert torch.backends.mkldnn.enabled
+
+
 def test_forward_train_matches_separate_online_and_target_passes() -> None:
     """One T+1 pass gives the same Q(o_t), Q(o_t+1) and target values as RLlib's layout."""
     module = build_with_distinct_target()
