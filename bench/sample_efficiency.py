@@ -38,8 +38,9 @@ sized for StatelessCartPole, and RLlib's ``use_lstm`` DQN takes no Discrete obse
   loop with the same one remote env runner, so the two differ only in the loop (a remote
   runner seeds its env with ``seed + 1``, the driver's own runner with ``seed``).
 
-A run stops when the training return, averaged over the last ``--window`` episodes
-(``env_runners/episode_return_mean``, epsilon-greedy), first reaches ``--target-return``, or at
+A run stops when the training return, averaged over the episodes that ended in the iteration
+(at most ``--window``: RLlib 2.60's ``env_runners/episode_return_mean`` is emptied at every
+report, see README "Measured here"; epsilon-greedy), first reaches ``--target-return``, or at
 ``--max-steps`` env steps. It is checked after every ``algo.train()`` iteration of
 ``--steps-per-iteration`` env steps, which is the resolution of the step counts. Wall seconds
 count ``algo.train()`` only (not building). Per contender the table shows medians over seeds;
