@@ -18,7 +18,13 @@ def test_flickering_pong_trains_two_iterations_with_a_remote_runner_and_two_envs
         DRQNConfig()
         .environment("FlickeringAtari", env_config={"game": "Pong", "flicker_prob": 0.5})
         .env_runners(num_env_runners=1, num_envs_per_env_runner=2, rollout_fragment_length=50)
-        .training(num_sequences_per_batch=4, num_steps_sampled_before_learning_starts=200)
+        # The paper's random updates (DRQNConfig's default is stored state): replay then
+        # keeps no LSTM state, which the end of this test checks.
+        .training(
+            update_mode="random",
+            num_sequences_per_batch=4,
+            num_steps_sampled_before_learning_starts=200,
+        )
         .reporting(min_sample_timesteps_per_iteration=200)
         .debugging(seed=0)
     )
