@@ -26,17 +26,17 @@ steps):
 - ``DQN (no memory) defaults`` (not in the default list): its memory-less baseline,
   ``rllib_drqn.baselines.memoryless_dqn`` (RLlib's DQN with the same defaults, a dense layer
   where DRQN has its LSTM).
-
-``--env DelayedRecall`` (the package's Discrete memory env: name the cue seen 5 steps back)
-takes only the two defaults contenders, e.g. ``--env DelayedRecall --contenders "DRQN
-defaults" "DQN (no memory) defaults" --target-return 0.9 --max-steps 10000``: the others are
-sized for StatelessCartPole, and RLlib's ``use_lstm`` DQN takes no Discrete observations.
 - ``DRQN stored async`` (not in the default list): ``DRQN stored`` with ``async_training``:
   one remote env runner samples while the learner trains in the driver, at the replay ratio
   the sync loop runs at, held by the rate limiter.
 - ``DRQN stored remote`` (not in the default list): its sync peer, ``DRQN stored`` in RLlib's
   loop with the same one remote env runner, so the two differ only in the loop (a remote
   runner seeds its env with ``seed + 1``, the driver's own runner with ``seed``).
+
+``--env DelayedRecall`` (the package's Discrete memory env: name the cue seen 5 steps back)
+takes only the two defaults contenders, e.g. ``--env DelayedRecall --contenders "DRQN
+defaults" "DQN (no memory) defaults" --target-return 0.9 --max-steps 10000``: the others are
+sized for StatelessCartPole, and RLlib's ``use_lstm`` DQN takes no Discrete observations.
 
 A run stops when the training return, averaged over the episodes that ended in the iteration
 (at most ``--window``: RLlib 2.60's ``env_runners/episode_return_mean`` is emptied at every
