@@ -4,9 +4,10 @@ Why not RLlib's own pieces: for a stateful module, RLlib's default learner pipel
 (``AlgorithmConfig.build_learner_connector``; DQN adds the next observations) builds the batch
 item by item: per-episode dicts of lists, ``split_and_zero_pad`` and ``tree.map_structure`` per
 column, then ``BatchIndividualItems``. On StatelessCartPole that took 5 ms of an 11.5 ms update
-(32 sequences of 10 steps). DRQN's replay hands over sequences of at most ``max_seq_len``
-steps, one batch row each, so the same batch is each sequence's stored arrays, sliced, zero
-padded to ``max_seq_len`` and stacked. ``AddSequencesToBatch`` does that, and hands anything
+(32 sequences of 10 steps). DRQN's replay hands over windows of at most ``max_seq_len``
+trained steps plus their n-step lookahead (``rllib_drqn.replay.LOOKAHEAD``), one batch row
+each, so the same batch is each window's stored arrays, sliced, zero padded to the longest
+window's length and stacked. ``AddSequencesToBatch`` does that, and hands anything
 else (a batch that custom pieces already filled, longer or unfinalized episodes, nested
 a multi-agent module) to RLlib's pieces unchanged. ``Tuple``/``Dict`` observations are batched
 leaf by leaf.
@@ -65,6 +66,7 @@ from rllib_drqn.module import (
     PREV_REWARDS,
     uses_prev_inputs,
 )
+from rllib_drqn.replay import LOOKAHEAD
 
 __all__ = [
     "AddPrevActionsRewardsToBatch",
@@ -183,6 +185,11 @@ class AddSequencesToBatch(ConnectorV2):
     every extra model output but the LSTM state, ``seq_lens``, ``loss_mask``, and
     ``state_in``/``next_state_in`` (the stored state before and after the first step, or the
     module's initial state where none is stored or the sequence starts its episode).
+
+    ``seq_lens`` and ``loss_mask`` count a window's lookahead steps as valid (its n-step
+    targets read them); the ``LOOKAHEAD`` column tells the learner which steps carry no loss.
+    RLlib's pieces would cut such a window into ``max_seq_len`` chunks, so a window with
+    lookahead that this piece cannot batch raises instead of going to them.
     """
 
     def __init__(
@@ -215,6 +222,7 @@ class AddSequencesToBatch(ConnectorV2):
     ) -> Any:
         module = _the_single_module(rl_module)
         if batch or module is None or not _batchable(episodes, module):
+            _refuse_lookahead_windows(episodes)
             kwargs.pop("data", None)  # The pipeline passes the batch again as deprecated `data`.
             return self.rllib_pieces(
                 rl_module=rl_module,
@@ -267,8 +275,27 @@ def _the_single_module(rl_module: RLModule) -> RLModule | None:
     return module if module.is_stateful() else None
 
 
+def _num_lookahead(episode: SingleAgentEpisode) -> int:
+    """How many of the window's steps are n-step lookahead (0 without the column)."""
+    column = episode.extra_model_outputs.get(LOOKAHEAD)
+    if column is None:
+        return 0
+    return int(np.count_nonzero(_steps(column, len(episode))))
+
+
+def _refuse_lookahead_windows(episodes: list[Any]) -> None:
+    for episode in episodes:
+        if isinstance(episode, SingleAgentEpisode) and episode.is_numpy and _num_lookahead(episode):
+            raise ValueError(
+                "DRQN's replayed windows carry n_step - 1 steps of lookahead past "
+                "max_seq_len, which RLlib's default learner-connector pieces would cut into "
+                "separate rows. Keep DRQN's AddSequencesToBatch (do not fill the batch in a "
+                "custom piece before it), or set config.training(n_step=1)."
+            )
+
+
 def _batchable(episodes: list[Any], module: RLModule) -> bool:
-    """Whether every episode is a finalized single-agent sequence that fits one batch row."""
+    """Whether every episode is a finalized single-agent window that fits one batch row."""
     if not episodes:
         return False
     max_seq_len = module.model_config["max_seq_len"]
@@ -277,7 +304,7 @@ def _batchable(episodes: list[Any], module: RLModule) -> bool:
         if not (
             isinstance(episode, SingleAgentEpisode)
             and episode.is_numpy
-            and 0 < len(episode) <= max_seq_len
+            and 0 < len(episode) - _num_lookahead(episode) <= max_seq_len
             and all(
                 isinstance(leaf, np.ndarray) for leaf in tree.flatten(episode.observations.data)
             )
@@ -328,8 +355,10 @@ def _padded(rows: list[Any], max_seq_len: int) -> Any:
 
 
 def _sequences_to_batch(episodes: list[SingleAgentEpisode], module: RLModule) -> dict[str, Any]:
-    max_seq_len = module.model_config["max_seq_len"]
     lengths = np.array([len(episode) for episode in episodes])
+    # Rows of the longest window: max_seq_len trained steps and, where n_step > 1, n_step - 1
+    # lookahead steps (no shorter than max_seq_len, so the time axis is fixed per config).
+    max_seq_len = max(module.model_config["max_seq_len"], int(lengths.max()))
     last_step = (np.arange(len(episodes)), lengths - 1)
 
     def column(buffer_of: Any, offset: int = 0) -> np.ndarray:

@@ -182,7 +182,10 @@ class DRQNConfig(DQNConfig):
             per_runner_epsilon_base: Ape-X's 0.4.
             per_runner_epsilon_alpha: Ape-X's 7.
             **kwargs: Any ``DQNConfig.training()`` argument. ``n_step > 1`` gives n-step
-                targets computed inside each sequence (R2D2), not by the replay.
+                targets computed inside each sequence (R2D2), not by the replay: each
+                sampled window holds ``max_seq_len`` trained steps and up to ``n_step - 1``
+                lookahead steps after them, unrolled but without loss, so every trained
+                step's target spans the full n steps unless its episode ends sooner.
         """
         super().training(**kwargs)
         if update_mode is not NotProvided:

@@ -44,9 +44,9 @@ from ray.rllib.utils.typing import ModuleID, ParamDict
 from rllib_drqn.batching import use_sequence_batching
 from rllib_drqn.losses import sequence_td_loss
 from rllib_drqn.module import TARGET_STATE_IN
-from rllib_drqn.replay import SEQ_SLOT, SEQ_START
+from rllib_drqn.replay import LOOKAHEAD, SEQ_SLOT, SEQ_START
 
-__all__ = ["DRQNTorchLearner", "SequentialStateCarry"]
+__all__ = ["DRQNTorchLearner", "SequentialStateCarry", "trained_steps"]
 
 
 @dataclass
@@ -97,15 +97,19 @@ class SequentialStateCarry(ConnectorV2):
             module_batch[TARGET_STATE_IN] = target
         return batch
 
-    def remember(self, fwd_out: dict[str, Any], batch: dict[str, Any]) -> None:
-        """Keeps the final states of full-length chunks, keyed by slot and next start step."""
+    def remember(self, fwd_out: dict[str, Any], batch: dict[str, Any], seq_len: int) -> None:
+        """Keeps the states after full ``seq_len``-step chunks, keyed by slot and next start.
+
+        The module returns the states after a chunk's ``seq_len`` trained steps, before its
+        lookahead steps (which are the next chunk's first ones).
+        """
         for module_id, module_batch in batch.items():
             if SEQ_SLOT not in module_batch or module_id not in fwd_out:
                 continue
             slots = module_batch[SEQ_SLOT][:, 0].long().tolist()
             starts = module_batch[SEQ_START][:, 0].long().tolist()
-            seq_len = module_batch[SEQ_SLOT].shape[1]
-            full = module_batch[Columns.LOSS_MASK].all(dim=1).tolist()
+            chunk_steps = trained_steps(module_batch, burn_in_len=0).sum(dim=1)
+            full = (chunk_steps == seq_len).tolist()
             online = _to_numpy(fwd_out[module_id][Columns.STATE_OUT])
             target = _to_numpy(fwd_out[module_id][Columns.NEXT_STATE_OUT])
             self._carried[module_id] = {
@@ -152,7 +156,7 @@ class DRQNTorchLearner(DQNTorchLearner):
         self.num_updates += 1
         losses = super().compute_losses(fwd_out=fwd_out, batch=batch)
         if self.state_carry is not None:
-            self.state_carry.remember(fwd_out, batch)
+            self.state_carry.remember(fwd_out, batch, self.config.max_seq_len)
         return losses
 
     @override(DQNTorchLearner)
@@ -188,8 +192,7 @@ class DRQNTorchLearner(DQNTorchLearner):
         the arithmetic.
         """
         valid = batch[Columns.LOSS_MASK].bool()
-        trained = valid.clone()
-        trained[:, : config.burn_in_len] = False
+        trained = trained_steps(batch, burn_in_len=config.burn_in_len)
         loss, td_error, q_selected = sequence_td_loss(
             q_values=fwd_out[QF_PREDS],
             next_online_q=fwd_out.get(QF_NEXT_PREDS) if config.double_q else None,
@@ -253,6 +256,19 @@ class DRQNTorchLearner(DQNTorchLearner):
             f"grad_clip (now {self.config.grad_clip}), e.g. "
             "config.training(lr=1e-4, grad_clip=10.0), and restart from the last checkpoint."
         )
+
+
+def trained_steps(batch: dict[str, Any], *, burn_in_len: int) -> torch.Tensor:
+    """``[B, T]`` bool: the steps that carry loss.
+
+    Those are a window's valid steps (``LOSS_MASK``) past its first ``burn_in_len`` and before
+    its n-step lookahead (``LOOKAHEAD``), which only completes the trained steps' targets.
+    """
+    trained = batch[Columns.LOSS_MASK].bool().clone()
+    trained[:, :burn_in_len] = False
+    if LOOKAHEAD in batch:
+        trained &= ~torch.as_tensor(batch[LOOKAHEAD]).bool()
+    return trained
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

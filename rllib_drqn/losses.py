@@ -37,17 +37,21 @@ def n_step_sequence_targets(
     n_step: int,
     rescale_eps: float | None = None,
 ) -> torch.Tensor:
-    """Targets ``[B, T]`` of n-step Q-learning inside each sequence.
+    """Targets ``[B, T]`` of n-step Q-learning inside each window.
 
-    For step t of a sequence with ``L`` valid steps the horizon is ``k = min(n_step, L - t)``:
-    ``G = sum_{i<k} gamma^i r_{t+i} + gamma^k (1 - terminated_{t+k-1}) V(o_{t+k})``. A terminal
-    step can only be a sequence's last valid step (sequences never cross episode ends), so the
-    horizon reaches it whenever it lies within n steps.
+    For step t of a window with ``L`` valid steps the horizon is ``k = min(n_step, L - t)``:
+    ``G = sum_{i<k} gamma^i r_{t+i} + gamma^k (1 - terminated_{t+k-1}) V(o_{t+k})``. Replay
+    ends each window with up to ``n_step - 1`` lookahead steps past its trained ones
+    (``rllib_drqn.replay.LOOKAHEAD``), so a trained step's horizon is the full n unless the
+    episode ends (or its data so far does) within n steps. A terminal step can only be a
+    window's last valid step (windows never cross episode ends), so the horizon reaches it
+    whenever it lies within n steps; after a truncation the target bootstraps from the last
+    observation.
 
     Args:
         rewards: ``[B, T]`` rewards of the action at each step.
         terminateds: ``[B, T]``, True where ``o_{t+1}`` is terminal.
-        valid: ``[B, T]`` bool, False on zero-padded steps.
+        valid: ``[B, T]`` bool, False on zero-padded steps (True on lookahead steps).
         next_values: ``[B, T]`` bootstrap values ``V(o_{t+1})`` (double-Q: the target net's
             value of the online net's argmax), in rescaled space when ``rescale_eps`` is set.
         gamma: Discount.
@@ -105,7 +109,8 @@ def sequence_td_loss(
         actions: ``[B, T]`` actions taken.
         rewards, terminateds: ``[B, T]``.
         valid: ``[B, T]`` bool, False on padding (where n-step horizons end).
-        trained: ``[B, T]`` bool, the steps that carry loss (valid and past the burn-in).
+        trained: ``[B, T]`` bool, the steps that carry loss (valid, past the burn-in, before
+            the lookahead).
         weights: ``[B, T]`` importance-sampling weights.
         gamma, n_step, rescale_eps: As in :func:`n_step_sequence_targets`.
         huber: Huber loss (RLlib's default) instead of squared error.

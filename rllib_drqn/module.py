@@ -434,11 +434,12 @@ class DRQNTorchRLModule(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyA
         are ``PREV_ACTIONS[:, 0]`` followed by ``ACTIONS`` (likewise for rewards).
 
         A batch with ``TARGET_STATE_IN`` comes from sequential updates, which carry states
-        from chunk to chunk: only then are the states after the T trained steps returned
-        (``STATE_OUT`` online, ``NEXT_STATE_OUT`` target). Getting them costs a second LSTM
-        call per net (T steps, then the last one), measured as 25-30% of the forward and
-        backward pass of a Pong update with 3 sequences on a CPU, so the other modes make one
-        call over T+1 steps.
+        from chunk to chunk: only then are the states after the chunk's ``max_seq_len``
+        trained steps returned (``STATE_OUT`` online, ``NEXT_STATE_OUT`` target); the steps
+        after them are the chunk's n-step lookahead, the next chunk's first steps. Getting
+        them costs a second LSTM call per net (T steps, then the rest), measured as 25-30%
+        of the forward and backward pass of a Pong update with 3 sequences on a CPU, so the
+        other modes make one call over T+1 steps.
         """
         if self.inference_only:
             raise RuntimeError(
@@ -462,7 +463,7 @@ class DRQNTorchRLModule(TorchRLModule, QNetAPI, TargetNetworkAPI, InferenceOnlyA
         carries_state = TARGET_STATE_IN in batch
         online_state = batch[Columns.STATE_IN]
         target_state = batch.get(TARGET_STATE_IN, batch[Columns.STATE_IN])
-        state_after = seq_len if carries_state else None
+        state_after = min(self.max_seq_len, seq_len) if carries_state else None
 
         q_online, online_final = self._unroll_with_burn_in(frames, prev, online_state, state_after)
         with torch.no_grad():

@@ -18,6 +18,11 @@ Update modes (Hausknecht & Stone 2015, section 4; Kapturowski et al. 2019 for ``
   and start step so the learner can match states to rows.
 - ``stored``: like ``random`` but the acting state is kept in replay and used as the initial
   state (R2D2's stored state).
+
+Every window carries ``n_step - 1`` steps of lookahead past its ``max_seq_len`` trained steps,
+where its episode holds them (column ``LOOKAHEAD``, True on those steps). The learner unrolls
+both networks over them but puts no loss there, so each trained step's n-step target reaches
+its full horizon; only the episode's end (or the end of the data collected so far) cuts it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
 )
 
 __all__ = [
+    "LOOKAHEAD",
     "SEQ_SLOT",
     "SEQ_START",
     "UPDATE_MODES",
@@ -53,6 +59,9 @@ UPDATE_MODES = ("random", "sequential", "stored")
 #: timestep inside its episode where the chunk starts (0 means "zero initial state").
 SEQ_SLOT = "drqn_seq_slot"
 SEQ_START = "drqn_seq_start"
+#: Per-step bool column: True on a window's lookahead steps, which complete the n-step targets
+#: of its trained steps and carry no loss themselves.
+LOOKAHEAD = "drqn_lookahead"
 
 # Sampled sequences get ids "<stored episode id>/<row>"; see `_SequenceSampling.sample`.
 _ID_SEPARATOR = "/"
@@ -109,14 +118,15 @@ class _SequenceSampling:
         beta: float = 0.0,
         **kwargs: Any,
     ) -> Any:
-        """Returns ``ceil(num_items / batch_length_T)`` sequences for a recurrent module.
+        """Returns ``ceil(num_items / batch_length_T)`` windows for a recurrent module.
 
         DQN's ``training_step`` passes ``num_items=total_train_batch_size`` and
         ``batch_length_T=max_seq_len`` (0 for a stateless module, which gets RLlib's
         behaviour unchanged). ``DRQNConfig`` sets the train batch size to
-        ``num_sequences_per_batch * max_seq_len``, so this returns that many sequences.
-        Sequences hold 1-step data whatever ``n_step`` is: DRQN's learner computes n-step
-        targets inside each sequence (``rllib_drqn.losses``).
+        ``num_sequences_per_batch * max_seq_len``, so this returns that many windows. Each is
+        ``batch_length_T`` trained steps followed by up to ``n_step - 1`` lookahead steps
+        (``LOOKAHEAD``), both cut at the episode's end. Windows hold 1-step data: DRQN's
+        learner computes the n-step targets inside each window (``rllib_drqn.losses``).
         """
         if not (sample_episodes and batch_length_T):
             return super().sample(
@@ -134,12 +144,15 @@ class _SequenceSampling:
                 "The replay buffer is empty; set num_steps_sampled_before_learning_starts > 0."
             )
         num_sequences = max(1, math.ceil((num_items or self.batch_size_B) / batch_length_T))
+        lookahead = _lookahead(n_step)
         if self.update_mode == "sequential":
-            chunks = self._sample_sequential_chunks(num_sequences, batch_length_T, lookback)
+            chunks = self._sample_sequential_chunks(
+                num_sequences, batch_length_T, lookahead, lookback
+            )
             sequences = [(chunk, 1.0) for chunk in chunks]
         else:
             sequences = self._sample_random_sequences(
-                num_sequences, batch_length_T, lookback, min_batch_length_T, beta
+                num_sequences, batch_length_T, lookahead, lookback, min_batch_length_T, beta
             )
         self._source_episode_ids = [sequence.id_ for sequence, _ in sequences]
         for index, (sequence, weight) in enumerate(sequences):
@@ -162,9 +175,15 @@ class _SequenceSampling:
         return list(self._source_episode_ids)
 
     def _sample_random_sequences(
-        self, num_sequences: int, seq_len: int, lookback: int, min_length: int, beta: float
+        self,
+        num_sequences: int,
+        seq_len: int,
+        lookahead: int,
+        lookback: int,
+        min_length: int,
+        beta: float,
     ) -> list[tuple[SingleAgentEpisode, float]]:
-        """Sequences of up to ``seq_len`` steps from drawn starts, with their IS weights."""
+        """Windows of up to ``seq_len`` trained steps from drawn starts, with their IS weights."""
         sequences = []
         self._sampled_starts: list[Any] = []
         self._sampled_lengths: list[int] = []
@@ -175,11 +194,10 @@ class _SequenceSampling:
             max_tries -= 1
             if min_length > 0 and start + min_length >= len(episode) and max_tries > 0:
                 continue
-            end = min(start + seq_len, len(episode))
-            sequence = episode.slice(slice(start, end), len_lookback_buffer=lookback)
+            sequence = _window(episode, start, seq_len, lookahead, lookback)
             sequences.append((sequence, weight))
             self._sampled_starts.append(key)
-            self._sampled_lengths.append(end - start)
+            self._sampled_lengths.append(min(start + seq_len, len(episode)) - start)
         self._sampled_burn_in = min_length
         return sequences
 
@@ -190,9 +208,12 @@ class _SequenceSampling:
         return self.episodes[episode_index - self._num_episodes_evicted], start, 1.0, index
 
     def _sample_sequential_chunks(
-        self, num_sequences: int, seq_len: int, lookback: int
+        self, num_sequences: int, seq_len: int, lookahead: int, lookback: int
     ) -> list[SingleAgentEpisode]:
-        """The next ``seq_len`` steps of each cursor's episode; finished cursors restart."""
+        """The next ``seq_len`` steps of each cursor's episode (and their lookahead).
+
+        Finished cursors restart; a chunk's lookahead steps are the next chunk's first ones.
+        """
         if len(self._cursors) != num_sequences:
             self._cursors = [None] * num_sequences
         chunks = []
@@ -204,7 +225,7 @@ class _SequenceSampling:
                 cursor = _Cursor(episode.id_, 0)
             start = cursor.position
             end = min(start + seq_len, len(episode))
-            chunk = episode.slice(slice(start, end), len_lookback_buffer=lookback)
+            chunk = _window(episode, start, seq_len, lookahead, lookback)
             _add_constant_column(chunk, SEQ_SLOT, slot, lookback)
             _add_constant_column(chunk, SEQ_START, start, lookback)
             chunks.append(chunk)
@@ -324,7 +345,7 @@ class DRQNPrioritizedEpisodeReplayBuffer(_SequenceSampling, PrioritizedEpisodeRe
 
     @override(PrioritizedEpisodeReplayBuffer)
     def update_priorities(self, priorities: np.ndarray, module_id: str | None = None) -> None:
-        """Sets each sampled sequence's priority from its per-step TD errors ``[B, T]``."""
+        """Sets each sampled window's priority from its trained steps' TD errors ``[B, T]``."""
         td_errors = np.abs(np.asarray(priorities, dtype=np.float64))
         num_sequences = len(self._sampled_starts)
         td_errors = td_errors.reshape(num_sequences, -1)
@@ -338,6 +359,28 @@ class DRQNPrioritizedEpisodeReplayBuffer(_SequenceSampling, PrioritizedEpisodeRe
             )
         self._last_sampled_indices = list(self._sampled_starts)
         super().update_priorities(np.array(sequence_priorities), module_id)
+
+
+def _lookahead(n_step: int | tuple | None) -> int:
+    """Steps past a window's trained ones that its n-step targets read: ``n_step - 1``."""
+    if isinstance(n_step, int) and not isinstance(n_step, bool):
+        return max(0, n_step - 1)
+    return 0
+
+
+def _window(
+    episode: SingleAgentEpisode, start: int, seq_len: int, lookahead: int, lookback: int
+) -> SingleAgentEpisode:
+    """Steps ``start .. start + seq_len + lookahead`` of ``episode`` (cut at its end).
+
+    The steps past ``start + seq_len`` are tagged in the ``LOOKAHEAD`` column.
+    """
+    end = min(start + seq_len + lookahead, len(episode))
+    window = episode.slice(slice(start, end), len_lookback_buffer=lookback)
+    is_lookahead = np.zeros(len(window) + lookback, dtype=bool)
+    is_lookahead[lookback + seq_len :] = True
+    window.extra_model_outputs[LOOKAHEAD] = InfiniteLookbackBuffer(is_lookahead, lookback=lookback)
+    return window
 
 
 def _without_lstm_state(episode: SingleAgentEpisode) -> SingleAgentEpisode:

@@ -8,6 +8,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rllib_drqn.replay import (
+    LOOKAHEAD,
     SEQ_SLOT,
     SEQ_START,
     DRQNEpisodeReplayBuffer,
@@ -215,6 +216,41 @@ def test_prioritized_sequence_priority_mixes_max_and_mean_of_trained_steps() -> 
     trained = td[0, 2 : len(sequence)]
     expected = 0.9 * trained.max() + 0.1 * trained.mean()
     assert buffer._sum_segment[tree_index] == pytest.approx(expected, rel=1e-5)
+
+
+def test_prioritized_sequence_priority_ignores_the_lookahead_steps() -> None:
+    """With n_step=3 a window holds 2 lookahead steps past its 10 trained ones."""
+    buffer = DRQNPrioritizedEpisodeReplayBuffer(capacity=1000, alpha=1.0, priority_eta=0.9)
+    buffer.add(make_episode(500))
+    (window,) = buffer.sample(
+        num_items=10, batch_length_T=10, lookback=1, sample_episodes=True, n_step=3
+    )
+    (tree_index,) = buffer._sampled_starts
+    trained_len = min(10, len(window))
+    td = np.zeros((1, 12), np.float32)
+    td[0, :trained_len] = np.linspace(1.0, 2.0, trained_len)
+    td[0, trained_len:] = 50.0  # lookahead steps (and padding): ignored
+    buffer.update_priorities(td)
+    trained = td[0, :trained_len]
+    expected = 0.9 * trained.max() + 0.1 * trained.mean()
+    assert buffer._sum_segment[tree_index] == pytest.approx(expected, rel=1e-5)
+
+
+def test_windows_carry_n_step_lookahead_past_their_trained_steps() -> None:
+    buffer = DRQNEpisodeReplayBuffer(seed=0)
+    buffer.add(make_episode(30))
+    windows = buffer.sample(
+        num_items=400, batch_length_T=10, lookback=1, sample_episodes=True, n_step=4
+    )
+    for window in windows:
+        start = window.t_started
+        assert len(window) == min(13, 30 - start)
+        lookahead = window.get_extra_model_outputs(LOOKAHEAD)
+        assert lookahead.tolist() == [t >= 10 for t in range(len(window))]
+        # The steps are the episode's own: observation t of the episode is [t].
+        assert window.get_observations()[:, 0].tolist() == list(
+            range(start, start + len(window) + 1)
+        )
 
 
 def test_prioritized_buffer_rejects_sequential_mode() -> None:

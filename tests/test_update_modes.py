@@ -17,7 +17,7 @@ from ray.rllib.core.columns import Columns
 
 from rllib_drqn import DRQNConfig
 from rllib_drqn.module import TARGET_STATE_IN
-from rllib_drqn.replay import SEQ_SLOT, SEQ_START
+from rllib_drqn.replay import LOOKAHEAD, SEQ_SLOT, SEQ_START
 
 SEQ_LEN = 5
 
@@ -54,6 +54,12 @@ class ForwardRecorder:
         module._forward_train = recording_forward_train
 
 
+def _to_torch(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _to_torch(v) for k, v in tree.items()}
+    return torch.as_tensor(tree)
+
+
 def _to_numpy(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _to_numpy(v) for k, v in tree.items()}
@@ -86,7 +92,10 @@ def test_random_mode_starts_every_sequence_from_zero_state(train_and_record) -> 
     for batch, _ in recorder.calls:
         for key in ("h", "c"):
             assert not batch[Columns.STATE_IN][key].any(), "random mode must start from zero"
-        assert batch[Columns.OBS].shape[1] == SEQ_LEN
+        # The trained steps and the n-step lookahead that completes their targets.
+        assert batch[Columns.OBS].shape[1] == SEQ_LEN + algo.config.n_step - 1
+        assert not batch[LOOKAHEAD][:, :SEQ_LEN].any()
+        assert batch[LOOKAHEAD][:, SEQ_LEN:].any()
     # No LSTM state is kept in replay: the mode never reads it.
     buffer = algo.local_replay_buffer
     assert all(Columns.STATE_OUT not in e.extra_model_outputs for e in buffer.episodes)
@@ -111,8 +120,10 @@ def test_random_mode_starts_every_sequence_from_zero_state(train_and_record) -> 
 def test_sequential_mode_carries_each_chunks_final_state_into_the_next(
     train_and_record,
 ) -> None:
-    _, recorder = train_and_record(small_config("sequential"), iterations=3)
+    algo, recorder = train_and_record(small_config("sequential"), iterations=3)
     assert len(recorder.calls) >= 10
+    # Each chunk's lookahead (n_step - 1 = 2 steps) is the next chunk's first steps.
+    assert recorder.calls[0][0][Columns.OBS].shape[1] == SEQ_LEN + 2
     checked_carry = checked_start = 0
     for (previous, previous_out), (batch, _) in zip(
         recorder.calls, recorder.calls[1:], strict=False
@@ -122,7 +133,8 @@ def test_sequential_mode_carries_each_chunks_final_state_into_the_next(
             for row, (slot, start) in enumerate(
                 zip(previous[SEQ_SLOT][:, 0], previous[SEQ_START][:, 0], strict=True)
             )
-            if previous[Columns.LOSS_MASK][row].all()
+            # Full chunks: all SEQ_LEN trained steps valid (the lookahead may be cut).
+            if previous[Columns.LOSS_MASK][row, :SEQ_LEN].all()
         }
         for row, (slot, start) in enumerate(
             zip(batch[SEQ_SLOT][:, 0], batch[SEQ_START][:, 0], strict=True)
@@ -146,6 +158,21 @@ def test_sequential_mode_carries_each_chunks_final_state_into_the_next(
                     rtol=1e-6,
                 )
             checked_carry += 1
+    # The state handed on is the online net's after the SEQ_LEN trained steps, not after the
+    # lookahead steps that follow them.
+    module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+    batch, _ = recorder.calls[-1]
+    with torch.no_grad():
+        out = _to_numpy(module.forward_train(_to_torch(batch)))
+        # The online net's inputs o_0 .. o_{SEQ_LEN - 1}, as the module builds them.
+        frames = np.concatenate([batch[Columns.OBS][:, :1], batch[Columns.NEXT_OBS]], axis=1)
+        features = module.q_net.embed(torch.as_tensor(frames[:, :SEQ_LEN]))
+        state_in = {k: torch.as_tensor(v) for k, v in batch[Columns.STATE_IN].items()}
+        _, state_after_chunk = module.q_net.recur(features, state_in)
+    for key in ("h", "c"):
+        np.testing.assert_allclose(
+            out[Columns.STATE_OUT][key], state_after_chunk[key].numpy(), rtol=1e-5, atol=1e-6
+        )
     print(f"checked {checked_carry} carried states and {checked_start} episode starts")
     assert checked_carry > 20
     assert checked_start > 5
@@ -211,6 +238,11 @@ def test_burn_in_steps_carry_zero_loss_weight(train_and_record) -> None:
     trained_changed[:, 2:] += 100.0
     assert loss_with_rewards(burn_in_changed) == pytest.approx(base, rel=1e-6)
     assert loss_with_rewards(trained_changed) > base + 1.0
+    # Lookahead steps carry no loss of their own, but their rewards complete the n-step
+    # targets of the last trained steps.
+    lookahead_changed = rewards.copy()
+    lookahead_changed[:, SEQ_LEN:] += 100.0
+    assert loss_with_rewards(lookahead_changed) > base + 1.0
 
 
 def test_r2d2_settings_train_with_n_step_rescaled_targets_and_priorities(train_and_record) -> None:
