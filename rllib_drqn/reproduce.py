@@ -426,7 +426,11 @@ def check_out_dir(out: Path) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class TrialRecord:
-    """What a trial left: its contender, seed, whether it finished, its best checkpoint."""
+    """What a trial left: its contender, seed, whether it finished, its best checkpoint.
+
+    ``evaluations`` holds every periodic evaluation as ``[env_steps, mean return]``, in order;
+    its last entry is the trial's final evaluation.
+    """
 
     contender: Contender
     seed: int
@@ -437,6 +441,11 @@ class TrialRecord:
     checkpoint: str | None
     error: str | None = None
     evaluation: str | None = None  # Its sweep's evaluation.json, once swept.
+    evaluations: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def final_eval_return(self) -> float | None:
+        return self.evaluations[-1][1] if self.evaluations else None
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "contender_key": self.contender.key}
@@ -444,6 +453,9 @@ class TrialRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
         values = {k: v for k, v in data.items() if k != "contender_key"}
+        values["evaluations"] = tuple(
+            (int(steps), float(score)) for steps, score in values.get("evaluations", ())
+        )
         return cls(**{**values, "contender": Contender(**data["contender"])})
 
 
@@ -632,9 +644,22 @@ def run_training(protocol: Protocol, out: Path, verbose: int = 1) -> list[TrialR
                 best_eval_return=_plain(metrics.get("best_eval_return_mean"), float),
                 checkpoint=best.path if best is not None else None,
                 error=None if result.error is None else f"{type(result.error).__name__}",
+                evaluations=_evaluations_of(result),
             )
         )
     return sorted(records, key=lambda record: (record.contender.key, record.seed))
+
+
+def _evaluations_of(result: Any) -> tuple[tuple[int, float], ...]:
+    """``(env_steps, mean return)`` of each periodic evaluation a Tune trial reported."""
+    frame = result.metrics_dataframe
+    if frame is None or SCORE_ATTRIBUTE not in frame:
+        return ()
+    rows = frame[["env_steps", SCORE_ATTRIBUTE]].dropna()
+    return tuple(
+        (int(steps), float(score))
+        for steps, score in zip(rows["env_steps"], rows[SCORE_ATTRIBUTE], strict=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -944,6 +969,29 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{summary['mean']:.1f} \u00b1 {summary['std']:.1f}"
 
 
+def _best_and_final_lines(records: Sequence[TrialRecord]) -> list[str]:
+    """Per contender: median (min - max) best and final periodic evaluation, and their ratio."""
+    lines = [
+        "Periodic evaluations per contender, median (min - max) over seeds:",
+        "",
+        "| contender | best | final | median final / median best |",
+        "|---|---|---|---|",
+    ]
+    for key in sorted({r.contender.key for r in records}):
+        ours = [r for r in records if r.contender.key == key]
+        bests = [r.best_eval_return for r in ours if r.best_eval_return is not None]
+        finals = [r.final_eval_return for r in ours if r.final_eval_return is not None]
+        if not bests or not finals:
+            continue
+        best, final = float(np.median(bests)), float(np.median(finals))
+        ratio = f"{final / best:.2f}" if best > 0 else "-"
+        lines.append(
+            f"| {key} | {best:.1f} ({min(bests):.1f} - {max(bests):.1f}) | "
+            f"{final:.1f} ({min(finals):.1f} - {max(finals):.1f}) | {ratio} |"
+        )
+    return lines
+
+
 def _markdown(
     protocol: Protocol,
     records: Sequence[TrialRecord],
@@ -980,15 +1028,20 @@ def _markdown(
         "",
         "## Trials",
         "",
-        "| contender | seed | env steps | updates | best periodic evaluation | finished |",
-        "|---|---|---|---|---|---|",
+        "| contender | seed | env steps | updates | best periodic evaluation | final periodic "
+        "evaluation | periodic evaluations | finished |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         best = "-" if r.best_eval_return is None else f"{r.best_eval_return:.1f}"
+        final = "-" if r.final_eval_return is None else f"{r.final_eval_return:.1f}"
+        curve = " / ".join(f"{score:.0f}" for _, score in r.evaluations) or "-"
         lines.append(
             f"| {r.contender.key} | {r.seed} | {r.env_steps:,} | {r.updates or '-'} | {best} | "
+            f"{final} | {curve} | "
             f"{'yes' if r.finished else 'no' + (f' ({r.error})' if r.error else '')} |"
         )
+    lines += ["", *_best_and_final_lines(records)]
     probs = sorted(protocol.sweep_probs)
     lines += ["", "## Return against the flicker probability p (sweep)", ""]
     lines += ["| contender | " + " | ".join(f"p={q:g}" for q in probs) + " |"]

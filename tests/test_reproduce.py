@@ -247,6 +247,9 @@ def test_tiny_run_writes_every_table_plot_and_verdict(
     for trial in trials:
         assert trial["finished"] and trial["env_steps"] >= 400
         assert trial["updates"] > 0  # It trained, not only sampled.
+        # Every periodic evaluation is kept; the best is the highest of them.
+        scores = [score for _, score in trial["evaluations"]]
+        assert scores and max(scores) == pytest.approx(trial["best_eval_return"])
         assert Path(trial["checkpoint"]).is_dir()  # The best checkpoint, kept by Tune.
         sweep = json.loads((out / trial["evaluation"]).read_text())
         assert [r["flicker_prob"] for r in sweep["results"]] == list(reproduce.SWEEP_PROBS)
