@@ -178,7 +178,7 @@ def export_checkpoint(
     format = check_format(format)
     out = check_out_dir(out_dir)
     spec = _inspect(checkpoint)
-    if out.is_relative_to(spec.path):
+    if out.resolve().is_relative_to(spec.path):
         raise ExportError(
             f"--out {out} lies inside the checkpoint {spec.path}; export never writes into a "
             "checkpoint. Pass a directory outside it."
@@ -225,6 +225,12 @@ def export_module(
         raise ExportError(
             f"export_module takes a DRQNTorchRLModule, got {type(module).__name__}; export "
             "writes DRQN networks only."
+        )
+    devices = sorted({str(p.device) for p in module.q_net.parameters()} - {"cpu"})
+    if devices:
+        raise ExportError(
+            f"export_module traces the module on the CPU, but its weights are on {devices}; "
+            "export a CPU copy instead: copy.deepcopy(module).to('cpu')."
         )
     _require_exporter(format)
 
@@ -559,7 +565,11 @@ def _check_against_module(
     if format == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
         feed = {spec["name"]: tensor.numpy() for spec, tensor in zip(inputs, example, strict=True)}
         got = session.run([spec["name"] for spec in outputs], feed)
     else:

@@ -29,6 +29,7 @@ from ray.rllib.core.columns import Columns
 
 from rllib_drqn import DRQNConfig, DRQNTorchRLModule
 from rllib_drqn.cli import main
+from rllib_drqn.evaluate import play_episodes
 from rllib_drqn.export import (
     EXPORT_EXTRA,
     ExportError,
@@ -82,11 +83,13 @@ class RandomObservationEnv(gym.Env):
         return self.observation_space.sample(), reward, False, self._steps >= self.length, {}
 
 
-def make_module(space: gym.Space, tmp_path: Path, **model_config: Any) -> tuple[Any, Path]:
+def make_module(
+    space: gym.Space, tmp_path: Path, num_actions: int = 4, **model_config: Any
+) -> tuple[Any, Path]:
     """A DRQN module with random weights, saved as an RLModule directory."""
     module = DRQNTorchRLModule(
         observation_space=space,
-        action_space=gym.spaces.Discrete(4),
+        action_space=gym.spaces.Discrete(num_actions),
         model_config=model_config,
         inference_only=True,
     )
@@ -243,9 +246,9 @@ PARITY_CASES = [
     ),
     pytest.param(
         gym.spaces.Discrete(6),
-        {**SMALL, "cell_type": "gru", **PREV_BOTH},
+        {**SMALL, "cell_type": "gru", "dueling": True, **PREV_BOTH},
         30,
-        id="discrete-gru-prev-action-reward",
+        id="discrete-gru-dueling-prev-action-reward",
     ),
 ]
 
@@ -320,8 +323,10 @@ def test_batch_axis_is_dynamic(fmt: str, tmp_path: Path) -> None:
 
 
 def test_player_needs_neither_torch_nor_ray(tmp_path: Path) -> None:
+    """docs/examples/play_onnx.py plays as the module does, importing neither torch nor ray."""
     cartpole = gym.make("CartPole-v1")
-    _, module_dir = make_module(cartpole.observation_space, tmp_path, **SMALL)
+    space = cartpole.observation_space
+    module, module_dir = make_module(space, tmp_path, num_actions=2, **SMALL, **PREV_BOTH)
     out_dir = export_checkpoint(module_dir, tmp_path / "deploy").out_dir
     probe = (
         "import runpy, sys\n"
@@ -336,6 +341,9 @@ def test_player_needs_neither_torch_nor_ray(tmp_path: Path) -> None:
     lines = completed.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["episode 0", "episode 1", "imported"], lines
     assert lines[-1] == "imported: []"
+    # Greedy, episode i reset with seed i: the returns of the module played by the plugin.
+    returns = play_episodes(module, cartpole, num_episodes=2, epsilon=0.0, seed=0)
+    assert lines[:2] == [f"episode {i}: return {value:g}" for i, value in enumerate(returns)]
 
 
 # ---------------------------------------------------------------------------------------------
