@@ -234,14 +234,16 @@ def export_module(
         )
     _require_exporter(format)
 
-    step = _OneStep(module).eval()
+    step = _OneStep(module)
     inputs, outputs = _signature(module)
     metadata = _metadata(module, format, inputs, outputs, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside out_dir (one file system, so the rename is atomic), with the umask's mode.
     staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
     staging.mkdir()
+    was_training = module.q_net.training
     try:
+        module.q_net.eval()  # Traced as it acts; put back as it was below.
         model_path = staging / MODEL_FILES[format]
         with _quiet_tracing(), torch.no_grad():
             example = _example_inputs(module, inputs, _TRACE_BATCH, seed=0)
@@ -254,6 +256,7 @@ def export_module(
         check_out_dir(out)  # Still free after the export's seconds?
         staging.rename(out)
     finally:
+        module.q_net.train(was_training)
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out, out / MODEL_FILES[format], out / METADATA_FILE, metadata)
 
