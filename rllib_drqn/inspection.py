@@ -1,4 +1,4 @@
-"""Reading a checkpoint for evaluation: its env, env_config and RLModule, without an Algorithm.
+"""Reading a checkpoint for evaluation or export: its env, env_config and RLModule, no Algorithm.
 
 Only the RLModule is loaded (from ``learner_group/learner/rl_module/default_policy`` inside
 the checkpoint), plus the env name and ``env_config`` from the pickled algorithm config
@@ -6,7 +6,9 @@ the checkpoint), plus the env name and ``env_config`` from the pickled algorithm
 (a missing, partial, corrupt or old-API-stack checkpoint, a class that cannot be imported)
 surfaces here, as an :class:`EvaluationError` that names the path and what to pass instead,
 before a weight is loaded. :mod:`rllib_drqn.checkpoints` checks a checkpoint for restoring a
-whole Algorithm; this module for playing its module alone.
+whole Algorithm; this module for playing (or exporting) its module alone.
+:func:`inspect_module_checkpoint` reads an RLModule directory on its own
+(``module.save_to_path()``), for :mod:`rllib_drqn.export`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = [
     "EvaluationError",
     "default_out_dir",
     "inspect_checkpoint",
+    "inspect_module_checkpoint",
+    "is_module_checkpoint",
     "load_module",
 ]
 
@@ -68,7 +72,9 @@ class CheckpointSpec:
         name: A readable name: the directory's name, prefixed with the trial's for Tune
             checkpoints (``checkpoint_000003`` alone says nothing).
         algorithm: The algorithm class's name (``"DRQN"``, ``"DQN"``).
-        env: The env as configured: a registered name, a gymnasium id or an env class.
+        env: The env as configured: a registered name, a gymnasium id or an env class
+            (``None`` for an RLModule checkpoint read alone, see
+            :func:`inspect_module_checkpoint`).
         env_config: The config's ``env_config``.
         module_path: The RLModule checkpoint, ``<path>/learner_group/learner/rl_module/
             default_policy``.
@@ -171,6 +177,54 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointSpec:
         env=env,
         env_config=env_config,
         module_path=module_path,
+        module_class=module_class,
+    )
+
+
+def is_module_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an RLModule checkpoint directory (``module_state.*`` in it)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and any(path.glob("module_state.*"))
+
+
+def inspect_module_checkpoint(path: str | os.PathLike[str]) -> CheckpointSpec:
+    """Checks an RLModule checkpoint directory and reads its module class; builds nothing.
+
+    Inside an Algorithm checkpoint (``<checkpoint>/learner_group/learner/rl_module/
+    default_policy``) this is :func:`inspect_checkpoint` of that checkpoint, env included.
+    A module saved on its own (``module.save_to_path(path)``) says nothing of its env: its
+    spec has ``env=None``, ``env_config={}``, ``algorithm=""`` and ``path == module_path``.
+
+    Raises:
+        EvaluationError: If ``path`` holds no ``module_state.*`` or its
+            ``class_and_ctor_args.pkl`` is missing, corrupt or names a class that cannot be
+            imported or is no RLModule.
+    """
+    path = Path(path).expanduser()
+    if not is_module_checkpoint(path):
+        raise EvaluationError(
+            f"{path}: not an RLModule checkpoint (it holds no module_state.*); pass a "
+            "directory written by module.save_to_path(), or " + _CHECKPOINT_HINT
+        )
+    path = path.resolve()
+    for ancestor in path.parents:
+        if (ancestor / "algorithm_state.pkl").is_file() and ancestor / MODULE_SUBDIR == path:
+            return inspect_checkpoint(ancestor)
+    module_info = _load_ctor_info(path / Checkpointable.CLASS_AND_CTOR_ARGS_FILE_NAME, "RLModule")
+    module_class = module_info.get("class")
+    if not (isinstance(module_class, type) and issubclass(module_class, RLModule)):
+        raise EvaluationError(
+            f"{path}: corrupt checkpoint, its class_and_ctor_args.pkl names "
+            f"{module_class!r}, not an RLModule class; pass a directory written by "
+            "module.save_to_path()."
+        )
+    return CheckpointSpec(
+        path=path,
+        name=path.name,
+        algorithm="",
+        env=None,
+        env_config={},
+        module_path=path,
         module_class=module_class,
     )
 

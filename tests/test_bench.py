@@ -142,6 +142,17 @@ def test_sample_efficiency_smoke_runs_every_contender(tmp_path: Path) -> None:
         assert row["wall_speedup_vs_peer"] is not None
 
 
+def test_export_latency_smoke_times_every_contender(tmp_path: Path) -> None:
+    stdout, result = run_smoke("export_latency", tmp_path)
+    names = ["RLModule", "TorchScript", "TorchScript, oneDNN off", "ONNX (onnxruntime)"]
+    assert_table(stdout, "contender", names)
+    assert [(row["name"], row["batch"]) for row in result["rows"]] == [
+        (name, batch) for batch in (1, 16) for name in names
+    ]
+    for row in result["rows"]:
+        assert_finite_numbers(row, ["us_per_call", "us_per_env_step", "speedup"])
+
+
 def test_wall_speedup_is_a_lower_bound_when_the_peer_missed() -> None:
     """A peer that never reached the target took longer than its runs lasted."""
     sys.path.insert(0, str(REPO / "bench"))

@@ -7,6 +7,7 @@ API stack, installed as the ``rllib`` console script and runnable as ``python -m
     rllib train file tuned_examples/drqn_stateless_cartpole.yaml --resume   # after a crash
     rllib evaluate CHECKPOINT --flicker-probs 0,0.5,1 --episodes 10
     rllib reproduce --out docs/reproduction   # the paper's three claims
+    rllib export CHECKPOINT --format onnx --out deploy/   # run it without Ray
 
 One module per concern:
 
@@ -15,7 +16,8 @@ One module per concern:
 - :mod:`rllib_drqn.cli.run`: ``rllib train file``: running, checkpointing, resuming, signals,
   progress (its docstring lists the exit statuses);
 - :mod:`rllib_drqn.cli.evaluation`: ``rllib evaluate``, over :mod:`rllib_drqn.evaluate`;
-- :mod:`rllib_drqn.cli.reproduce`: ``rllib reproduce``, over :mod:`rllib_drqn.reproduce`.
+- :mod:`rllib_drqn.cli.reproduce`: ``rllib reproduce``, over :mod:`rllib_drqn.reproduce`;
+- :mod:`rllib_drqn.cli.export`: ``rllib export``, over :mod:`rllib_drqn.export`.
 
 To add a subcommand, write a module with an ``add_parser(subparsers)`` function that adds its
 parser and sets ``handler`` (a function of the parsed arguments that returns the exit status and
@@ -29,7 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from rllib_drqn.cli import evaluation, reproduce, run
+from rllib_drqn.cli import evaluation, export, reproduce, run
 from rllib_drqn.cli.experiment_file import (
     ALGORITHMS,
     DEFAULT_STORAGE_PATH,
@@ -68,6 +70,7 @@ SUBCOMMANDS: Final[tuple[Callable[[argparse._SubParsersAction], None], ...]] = (
     run.add_parser,
     evaluation.add_parser,
     reproduce.add_parser,
+    export.add_parser,
 )
 
 
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rllib",
         description="Train DRQN (rllib-drqn) or RLlib's DQN from tuned-example YAML files, "
-        "resume runs, and evaluate checkpoints across observability.",
+        "resume runs, evaluate checkpoints across observability, and export them.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_subcommand in SUBCOMMANDS:
