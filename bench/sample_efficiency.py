@@ -29,14 +29,21 @@ steps):
 - ``DRQN stored async`` (not in the default list): ``DRQN stored`` with ``async_training``:
   one remote env runner samples while the learner trains in the driver, at the replay ratio
   the sync loop runs at, held by the rate limiter.
+- ``reference DRQN`` (not in the default list): ``bench/reference_drqn.py``, the single-file
+  PyTorch DRQN without Ray, set as ``DRQN random`` is (zero state, the same sizes and
+  schedule, ``--max-seq-len`` trained steps per window, plus ``--n-step`` - 1 steps of
+  lookahead so every trained step gets its full n-step target); its return is measured as
+  RLlib's is (the episodes that ended in each ``--steps-per-iteration`` block, at most
+  ``--window``). It runs in this process and starts no Ray.
 - ``DRQN stored remote`` (not in the default list): its sync peer, ``DRQN stored`` in RLlib's
   loop with the same one remote env runner, so the two differ only in the loop (a remote
   runner seeds its env with ``seed + 1``, the driver's own runner with ``seed``).
 
 ``--env DelayedRecall`` (the package's Discrete memory env: name the cue seen 5 steps back)
-takes only the two defaults contenders, e.g. ``--env DelayedRecall --contenders "DRQN
-defaults" "DQN (no memory) defaults" --target-return 0.9 --max-steps 10000``: the others are
-sized for StatelessCartPole, and RLlib's ``use_lstm`` DQN takes no Discrete observations.
+takes only the two defaults contenders and ``reference DRQN``, e.g. ``--env DelayedRecall
+--contenders "DRQN defaults" "DQN (no memory) defaults" --target-return 0.9 --max-steps
+10000``: the others are sized for StatelessCartPole, and RLlib's ``use_lstm`` DQN takes no
+Discrete observations.
 
 A run stops when the training return, averaged over the episodes that ended in the iteration
 (at most ``--window``: RLlib 2.60's ``env_runners/episode_return_mean`` is emptied at every
@@ -101,6 +108,8 @@ SYNC_REMOTE_NAME = "DRQN stored remote"
 DEFAULTS_NAME = "DRQN defaults"
 #: ``rllib_drqn.baselines.memoryless_dqn``: the defaults' memory-less baseline.
 MEMORYLESS_DEFAULTS_NAME = "DQN (no memory) defaults"
+#: ``bench/reference_drqn.py``: plain PyTorch, no Ray, set as ``DRQN random`` is.
+REFERENCE_NAME = "reference DRQN"
 CONTENDERS = (
     "DRQN random",
     "DRQN sequential",
@@ -111,6 +120,7 @@ CONTENDERS = (
     SYNC_REMOTE_NAME,
     DEFAULTS_NAME,
     MEMORYLESS_DEFAULTS_NAME,
+    REFERENCE_NAME,
 )
 DEFAULT_CONTENDERS = CONTENDERS[:5]
 
@@ -149,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--target-network-update-freq", type=int, default=500)
     args = parser.parse_args(argv)
     defaults_only = {DEFAULTS_NAME, MEMORYLESS_DEFAULTS_NAME}
-    if args.env != ENVS[0] and not set(args.contenders) <= defaults_only:
+    if args.env != ENVS[0] and not set(args.contenders) <= defaults_only | {REFERENCE_NAME}:
         parser.error(
             f"--env {args.env} takes only the contenders {sorted(defaults_only)}; the others "
             f"are sized for {ENVS[0]}. Pass --contenders {' '.join(map(repr, defaults_only))}."
@@ -220,8 +230,75 @@ def build(name: str, args: Any, seed: int) -> Any:
     return memoryless_dqn_config(args.env, {}, recurrent, shared).build_algo()
 
 
+def run_reference(args: Any, seed: int) -> dict[str, Any]:
+    """``reference DRQN``: the same measurement as :func:`run_one`, without RLlib.
+
+    Every ``--steps-per-iteration`` env steps, the mean return of the episodes that ended in
+    that block (the last ``--window`` of them) is compared with the target, as RLlib 2.60's
+    ``episode_return_mean`` is after each ``algo.train()``.
+    """
+    import reference_drqn as ref
+
+    settings = ref.Settings(
+        env_id=args.env,
+        flicker_prob=0.0,
+        seed=seed,
+        env_steps=args.max_steps,
+        lr=args.lr,
+        n_step=args.n_step,
+        target_update_interval=args.target_network_update_freq,
+        learning_starts=args.learning_starts,
+        epsilon_final=args.epsilon_final,
+        epsilon_decay_steps=args.epsilon_steps,
+        replay_capacity=Shared.replay_capacity,
+        update_interval=args.rollout_fragment_length,
+        batch_size=args.num_sequences,
+        seq_len=args.max_seq_len,
+        eval_interval=0,
+        fcnet_hiddens=tuple(args.fcnet_hiddens),
+        lstm_cell_size=args.lstm_cell_size,
+        torch_threads=args.torch_threads,
+    )
+    best: float | None = None
+    reached: dict[str, float] = {}
+
+    def stop(result: Any) -> bool:
+        nonlocal best
+        step, block = result.env_steps, args.steps_per_iteration
+        if step % block:
+            return False
+        ended = []
+        for end, episode_return in reversed(result.episodes):
+            if end <= step - block or len(ended) == args.window:
+                break
+            ended.append(episode_return)
+        if not ended:
+            return False
+        mean_return = sum(ended) / len(ended)
+        best = mean_return if best is None else max(best, mean_return)
+        if mean_return >= args.target_return:
+            reached.update(env_steps=float(step), wall_s=result.wall_s)
+            return True
+        return False
+
+    result = ref.train(settings, stop=stop)
+    return {
+        "name": REFERENCE_NAME,
+        "seed": seed,
+        "reached": bool(reached),
+        "env_steps_to_target": reached.get("env_steps"),
+        "wall_s_to_target": reached.get("wall_s"),
+        "best_mean_return": best,
+        "env_steps": float(result.env_steps),
+        "wall_s": result.wall_s,
+        "env_steps_per_s": ratio(result.env_steps, result.wall_s),
+    }
+
+
 def run_one(name: str, args: Any, seed: int) -> dict[str, Any]:
     """Trains until the mean return reaches the target or the step budget is spent."""
+    if name == REFERENCE_NAME:
+        return run_reference(args, seed)
     algo = build(name, args, seed)
     wall_s, env_steps, best = 0.0, 0.0, None
     steps_to_target = wall_to_target = None
@@ -306,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "machine": machine_info(),
     }
-    init_ray()
-    register_bench_envs()
+    if set(args.contenders) != {REFERENCE_NAME}:  # The reference alone needs no Ray.
+        init_ray()
+        register_bench_envs()
 
     runs = []
     # Seeds outermost: every contender gets each seed before the next, so a slow spell of the

@@ -153,6 +153,18 @@ def test_export_latency_smoke_times_every_contender(tmp_path: Path) -> None:
         assert_finite_numbers(row, ["us_per_call", "us_per_env_step", "speedup"])
 
 
+def test_sample_efficiency_smoke_runs_the_reference_on_both_envs(tmp_path: Path) -> None:
+    """``reference DRQN`` (bench/reference_drqn.py, no Ray) reports in the same columns."""
+    for env in ("StatelessCartPole", "DelayedRecall"):
+        stdout, result = run_smoke(
+            "sample_efficiency", tmp_path, "--env", env, "--contenders", "reference DRQN"
+        )
+        assert_table(stdout, "contender", ["reference DRQN"])
+        (run,) = result["runs"]
+        assert_finite_numbers(run, ["env_steps", "wall_s", "env_steps_per_s"])
+        assert run["env_steps"] <= 200
+
+
 def test_wall_speedup_is_a_lower_bound_when_the_peer_missed() -> None:
     """A peer that never reached the target took longer than its runs lasted."""
     sys.path.insert(0, str(REPO / "bench"))
