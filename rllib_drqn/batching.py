@@ -6,8 +6,8 @@ item by item: per-episode dicts of lists, ``split_and_zero_pad`` and ``tree.map_
 column, then ``BatchIndividualItems``. On StatelessCartPole that took 5 ms of an 11.5 ms update
 (32 sequences of 10 steps). DRQN's replay hands over windows of at most ``max_seq_len``
 trained steps plus their n-step lookahead (``rllib_drqn.replay.LOOKAHEAD``), one batch row
-each, so the same batch is each window's stored arrays, sliced, zero padded to the longest
-window's length and stacked. ``AddSequencesToBatch`` does that, and hands anything
+each, so the same batch is each window's stored arrays, sliced, zero padded to
+``max_seq_len + lookahead`` and stacked. ``AddSequencesToBatch`` does that, and hands anything
 else (a batch that custom pieces already filled, longer or unfinalized episodes, nested
 a multi-agent module) to RLlib's pieces unchanged. ``Tuple``/``Dict`` observations are batched
 leaf by leaf.
@@ -190,15 +190,24 @@ class AddSequencesToBatch(ConnectorV2):
     targets read them); the ``LOOKAHEAD`` column tells the learner which steps carry no loss.
     RLlib's pieces would cut such a window into ``max_seq_len`` chunks, so a window with
     lookahead that this piece cannot batch raises instead of going to them.
+
+    Args:
+        lookahead: The most lookahead steps a window holds (``n_step - 1``); every batch has
+            ``max_seq_len + lookahead`` time steps, so batches of several learners line up.
     """
 
     def __init__(
         self,
         input_observation_space: gym.Space | None = None,
         input_action_space: gym.Space | None = None,
+        *,
+        lookahead: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(input_observation_space, input_action_space, **kwargs)
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead!r}.")
+        self.lookahead = lookahead
         # The previous action and reward first, so RLlib's pieces pad and split them as the
         # other columns.
         self.rllib_pieces = ConnectorPipelineV2(
@@ -221,7 +230,7 @@ class AddSequencesToBatch(ConnectorV2):
         **kwargs: Any,
     ) -> Any:
         module = _the_single_module(rl_module)
-        if batch or module is None or not _batchable(episodes, module):
+        if batch or module is None or not _batchable(episodes, module, self.lookahead):
             _refuse_lookahead_windows(episodes)
             kwargs.pop("data", None)  # The pipeline passes the batch again as deprecated `data`.
             return self.rllib_pieces(
@@ -231,7 +240,7 @@ class AddSequencesToBatch(ConnectorV2):
                 shared_data=shared_data,
                 **kwargs,
             )
-        module_batch = _sequences_to_batch(episodes, module)
+        module_batch = _sequences_to_batch(episodes, module, self.lookahead)
         if shared_data is not None:
             # Read by Learner._make_batch_if_necessary, as AddTimeDimToBatchAndZeroPad sets it.
             shared_data[f"_zero_padded_for_mid={DEFAULT_MODULE_ID}"] = True
@@ -239,8 +248,8 @@ class AddSequencesToBatch(ConnectorV2):
         return batch
 
 
-def use_sequence_batching(pipeline: ConnectorPipelineV2) -> bool:
-    """Puts ``AddSequencesToBatch`` in place of RLlib's default batching pieces.
+def use_sequence_batching(pipeline: ConnectorPipelineV2, *, lookahead: int = 0) -> bool:
+    """Puts ``AddSequencesToBatch(lookahead=...)`` in place of RLlib's default batching pieces.
 
     Only where the pipeline holds those pieces in RLlib's order (custom pieces before or after
     them stay); returns whether it did. A pipeline built without the defaults
@@ -255,7 +264,9 @@ def use_sequence_batching(pipeline: ConnectorPipelineV2) -> bool:
         return False
     replaced = pipeline.connectors[first]
     pipeline.connectors[first : first + len(expected)] = [
-        AddSequencesToBatch(replaced.input_observation_space, replaced.input_action_space)
+        AddSequencesToBatch(
+            replaced.input_observation_space, replaced.input_action_space, lookahead=lookahead
+        )
     ]
     return True
 
@@ -294,7 +305,7 @@ def _refuse_lookahead_windows(episodes: list[Any]) -> None:
             )
 
 
-def _batchable(episodes: list[Any], module: RLModule) -> bool:
+def _batchable(episodes: list[Any], module: RLModule, lookahead: int) -> bool:
     """Whether every episode is a finalized single-agent window that fits one batch row."""
     if not episodes:
         return False
@@ -305,6 +316,7 @@ def _batchable(episodes: list[Any], module: RLModule) -> bool:
             isinstance(episode, SingleAgentEpisode)
             and episode.is_numpy
             and 0 < len(episode) - _num_lookahead(episode) <= max_seq_len
+            and _num_lookahead(episode) <= lookahead
             and all(
                 isinstance(leaf, np.ndarray) for leaf in tree.flatten(episode.observations.data)
             )
@@ -354,11 +366,12 @@ def _padded(rows: list[Any], max_seq_len: int) -> Any:
     return out
 
 
-def _sequences_to_batch(episodes: list[SingleAgentEpisode], module: RLModule) -> dict[str, Any]:
+def _sequences_to_batch(
+    episodes: list[SingleAgentEpisode], module: RLModule, lookahead: int
+) -> dict[str, Any]:
     lengths = np.array([len(episode) for episode in episodes])
-    # Rows of the longest window: max_seq_len trained steps and, where n_step > 1, n_step - 1
-    # lookahead steps (no shorter than max_seq_len, so the time axis is fixed per config).
-    max_seq_len = max(module.model_config["max_seq_len"], int(lengths.max()))
+    # Rows of max_seq_len trained steps and up to `lookahead` steps after them.
+    max_seq_len = module.model_config["max_seq_len"] + lookahead
     last_step = (np.arange(len(episodes)), lengths - 1)
 
     def column(buffer_of: Any, offset: int = 0) -> np.ndarray:

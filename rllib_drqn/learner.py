@@ -145,7 +145,9 @@ class DRQNTorchLearner(DQNTorchLearner):
         self.num_updates = 0
         self.state_carry: SequentialStateCarry | None = None
         if self._learner_connector is not None:
-            use_sequence_batching(self._learner_connector)
+            # n-step targets read n_step - 1 steps past each window's trained ones.
+            lookahead = self.config.n_step - 1 if isinstance(self.config.n_step, int) else 0
+            use_sequence_batching(self._learner_connector, lookahead=lookahead)
         if getattr(self.config, "update_mode", "random") == "sequential":
             self.state_carry = SequentialStateCarry()
             # After batching (rows are final, one per chunk), before tensors are made.

@@ -44,8 +44,13 @@ def the_piece(algo: Any) -> AddSequencesToBatch:
 
 
 def both_batches(algo: Any, episodes: list[Any]) -> tuple[dict, dict, dict, dict]:
-    """(ours, RLlib's) module batches and shared data from the same episodes."""
-    piece = the_piece(algo)
+    """(ours, RLlib's) module batches and shared data from the same episodes.
+
+    RLlib's pieces know no n-step lookahead, so the windows compared are 1-step ones
+    (``sample_sequences``) and our piece is compared without lookahead padding.
+    """
+    the_piece(algo)  # The learner uses ours.
+    piece = AddSequencesToBatch(lookahead=0)
     module = algo.learner_group._learner.module
     ours_shared: dict[str, Any] = {}
     ours = piece(
@@ -163,6 +168,23 @@ def test_a_batch_custom_pieces_filled_goes_to_rllib_pieces(trained: Any) -> None
     module_batch = batch[DEFAULT_MODULE_ID]
     np.testing.assert_array_equal(module_batch["custom"], 7.0 * module_batch[Columns.LOSS_MASK])
     assert module_batch[Columns.ACTIONS].shape == (4, SEQ_LEN)
+
+
+def test_windows_with_lookahead_are_never_cut_by_rllibs_pieces(trained: Any) -> None:
+    """RLlib's pieces would split an n-step window into max_seq_len rows: refused, with a fix."""
+    algo = trained("random")
+    piece = the_piece(algo)
+    windows = algo.local_replay_buffer.sample(
+        num_items=4 * SEQ_LEN, batch_length_T=SEQ_LEN, lookback=1, sample_episodes=True, n_step=3
+    )
+    assert any(len(window) > SEQ_LEN for window in windows)
+    with pytest.raises(ValueError, match=r"lookahead past max_seq_len.*n_step=1"):
+        piece(
+            rl_module=algo.learner_group._learner.module,
+            batch={"custom": {}},
+            episodes=windows,
+            shared_data={},
+        )
 
 
 def test_only_rllibs_default_pieces_are_replaced(trained: Any) -> None:

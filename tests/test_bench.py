@@ -196,3 +196,15 @@ def test_wall_speedup_is_a_lower_bound_when_the_peer_missed() -> None:
     runs[3] = run("peer", 250.0, 250.0)
     assert wall_speedup_vs_peer(fast, summarize("peer", runs)) == (2.5, False)
     assert wall_speedup_vs_peer(fast, None) == (None, False)
+
+
+def test_reference_parity_smoke_trains_both_sides_on_the_same_protocol(tmp_path: Path) -> None:
+    stdout, result = run_smoke("reference_parity", tmp_path)
+    names = ["plugin (RLlib DQN + DRQN)", "reference (plain PyTorch)"]
+    assert_table(stdout, "contender", [*names, *names, "plugin / reference"])
+    assert [run["name"] for run in result["runs"]] == names
+    for run in result["runs"]:
+        # Both evaluated at the same env steps (every --eval-interval, and at the end).
+        assert [steps for steps, _ in run["evaluations"]] == [300, 600]
+        assert_finite_numbers(run, ["best", "final", "wall_s"])
+    assert_finite_numbers(result["summary"][-1], ["best", "final", "wall_s"])

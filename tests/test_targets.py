@@ -95,10 +95,12 @@ def checked_targets(
     starts = [window.t_started for window in windows]
     learner_module = MultiRLModule()
     learner_module.add_module(DEFAULT_MODULE_ID, module(SEQ_LEN, burn_in_len))
-    batch = AddSequencesToBatch()(rl_module=learner_module, batch={}, episodes=windows)
+    piece = AddSequencesToBatch(lookahead=n_step - 1)
+    batch = piece(rl_module=learner_module, batch={}, episodes=windows)
     batch = batch[DEFAULT_MODULE_ID]
     batch = {k: torch.as_tensor(v) for k, v in batch.items() if not isinstance(v, dict)}
     trained = trained_steps(batch, burn_in_len=burn_in_len)
+    assert trained.shape[1] == SEQ_LEN + n_step - 1  # The same time axis in every batch.
     next_values = value_of(batch[Columns.NEXT_OBS])
     q_values = torch.zeros(*trained.shape, 2)
     _, td_error, _ = sequence_td_loss(
