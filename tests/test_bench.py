@@ -208,3 +208,29 @@ def test_reference_parity_smoke_trains_both_sides_on_the_same_protocol(tmp_path:
         assert [steps for steps, _ in run["evaluations"]] == [300, 600]
         assert_finite_numbers(run, ["best", "final", "wall_s"])
     assert_finite_numbers(result["summary"][-1], ["best", "final", "wall_s"])
+
+
+def test_c1_power_matches_a_simulation_of_the_rules_test() -> None:
+    """At the seed count it returns, C1's own test rejects about as often as asked."""
+    import numpy as np
+    from scipy import stats
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from c1_power import seeds_needed
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    drqn, dqn = {"mean": 200.0, "std": 40.0}, {"mean": 190.0, "std": 60.0}
+    n, gap, direction = seeds_needed(drqn, dqn, power=0.8)
+    assert direction == "holds" and gap == pytest.approx(29.0) and n is not None
+    rng = np.random.default_rng(0)
+
+    def rejection_rate(seeds: int) -> float:
+        a = rng.normal(drqn["mean"], drqn["std"], (4000, seeds))
+        b = rng.normal(dqn["mean"], dqn["std"], (4000, seeds))
+        margin = 0.1 * dqn["mean"]  # The rule's margin, from DQN's (here: true) mean.
+        test = stats.ttest_ind(a + margin, b, axis=1, equal_var=False, alternative="greater")
+        return float((test.pvalue < 0.05).mean())
+
+    assert rejection_rate(n) == pytest.approx(0.8, abs=0.04)
+    assert rejection_rate(n - 1) < 0.8
