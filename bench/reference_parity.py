@@ -57,12 +57,11 @@ def parse_args(argv: list[str] | None = None) -> Any:
 
 
 def run_plugin(args: Any, seed: int) -> dict[str, Any]:
-    """The reproduction's DRQN trial, minus Tune: train, evaluate every interval."""
+    """The reproduction's DRQN trial, minus Tune: the same training and evaluation loop."""
     from gymnasium.wrappers import TimeLimit
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
     from rllib_drqn import reproduce
-    from rllib_drqn.evaluate import DEFAULT_MAX_EPISODE_STEPS, make_env, play_episodes
+    from rllib_drqn.evaluate import DEFAULT_MAX_EPISODE_STEPS, make_env
 
     protocol = reproduce.Protocol(
         seeds=(seed,),
@@ -79,24 +78,10 @@ def run_plugin(args: Any, seed: int) -> dict[str, Any]:
     algo = config.build_algo()
     evaluations: list[tuple[int, float]] = []
     try:
-        steps = 0
-        while steps < protocol.env_steps:
-            result = algo.train()
-            steps = int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME])
-            due = (
-                steps >= protocol.env_steps or steps >= (len(evaluations) + 1) * args.eval_interval
-            )
-            if due:
-                index = steps // args.eval_interval
-                returns = play_episodes(
-                    algo.get_module(),
-                    env,
-                    protocol.eval_episodes,
-                    protocol.epsilon,
-                    seed=reproduce.SWEEP_SEED + 1_000 * (seed + 1) + index,
-                )
-                evaluations.append((steps, float(np.mean(returns))))
-                progress(f"plugin seed {seed}: {steps:,} env steps, eval {evaluations[-1][1]:.1f}")
+        for _, steps, score in reproduce.train_with_evaluations(algo, env, protocol, seed):
+            if score is not None:
+                evaluations.append((steps, score))
+                progress(f"plugin seed {seed}: {steps:,} env steps, eval {score:.1f}")
     finally:
         algo.stop()
         env.close()

@@ -40,7 +40,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,6 +64,7 @@ __all__ = [
     "run_reproduction",
     "run_sweeps",
     "run_training",
+    "train_with_evaluations",
     "write_report",
 ]
 
@@ -483,6 +484,42 @@ def _updates_in(calls: Any, before: int, after: int, config: Any) -> int:
     return sum(before + per_call * (call + 1) >= start for call in range(int(calls)))
 
 
+def train_with_evaluations(
+    algo: Any, env: Any, protocol: Protocol, seed: int
+) -> Iterator[tuple[dict[str, Any], int, float | None]]:
+    """Trains ``algo`` for ``protocol.env_steps`` env steps, evaluating it periodically.
+
+    Yields, after every training iteration, its result, the env steps sampled so far and the
+    mean return of the periodic evaluation that fell due then (None when none did). One falls
+    due every ``eval_interval`` env steps and at the end: ``eval_episodes`` episodes of
+    :func:`rllib_drqn.evaluate.play_episodes` on ``env`` at ``epsilon``, the i-th seeded
+    ``SWEEP_SEED + 1000 (seed + 1) + i``, so every caller (the Tune trials here, the reference
+    bench, tests) plays the same evaluation episodes. Stopping the iteration early is fine;
+    stopping ``algo`` is the caller's.
+    """
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    from rllib_drqn.evaluate import play_episodes
+
+    steps, evaluations = 0, 0
+    while steps < protocol.env_steps:
+        result = algo.train()
+        steps = int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME])
+        due = steps >= protocol.env_steps or steps >= (evaluations + 1) * protocol.eval_interval
+        if not due:
+            yield result, steps, None
+            continue
+        evaluations = steps // protocol.eval_interval
+        returns = play_episodes(
+            algo.get_module(),
+            env,
+            protocol.eval_episodes,
+            protocol.epsilon,
+            seed=SWEEP_SEED + 1_000 * (seed + 1) + evaluations,
+        )
+        yield result, steps, float(np.mean(returns))
+
+
 def train_trial(param_space: Mapping[str, Any]) -> None:
     """One Tune trial: train a contender, evaluating it every ``eval_interval`` env steps.
 
@@ -497,12 +534,11 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
     from ray.rllib.utils.metrics import (
         ENV_RUNNER_RESULTS,
         EPISODE_RETURN_MEAN,
-        NUM_ENV_STEPS_SAMPLED_LIFETIME,
         NUM_TRAINING_STEP_CALLS_PER_ITERATION,
     )
 
     import rllib_drqn
-    from rllib_drqn.evaluate import DEFAULT_MAX_EPISODE_STEPS, make_env, play_episodes
+    from rllib_drqn.evaluate import DEFAULT_MAX_EPISODE_STEPS, make_env
 
     rllib_drqn.register()
     trial = param_space["trial"]
@@ -518,13 +554,12 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
     )
     algo = config.build_algo()
     try:
-        steps, evaluations, updates, best = 0, 0, 0, -math.inf
-        while steps < protocol.env_steps:
-            result = algo.train()
-            before, steps = steps, int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME])
+        before, updates, best = 0, 0, -math.inf
+        for result, steps, score in train_with_evaluations(algo, env, protocol, seed):
             updates += _updates_in(
                 result.get(NUM_TRAINING_STEP_CALLS_PER_ITERATION), before, steps, config
             )
+            before = steps
             metrics = {
                 "env_steps": steps,
                 "updates": updates,
@@ -532,21 +567,11 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
                     result[ENV_RUNNER_RESULTS].get(EPISODE_RETURN_MEAN, float("nan"))
                 ),
             }
-            if evaluations:  # Tune's TensorBoard logger warns on -inf.
+            if best > -math.inf:  # Tune's TensorBoard logger warns on -inf.
                 metrics["best_eval_return_mean"] = best
-            due = steps >= protocol.env_steps or steps >= (evaluations + 1) * protocol.eval_interval
-            if not due:
+            if score is None:
                 tune.report(metrics)
                 continue
-            evaluations = steps // protocol.eval_interval
-            returns = play_episodes(
-                algo.get_module(),
-                env,
-                protocol.eval_episodes,
-                protocol.epsilon,
-                seed=SWEEP_SEED + 1_000 * (seed + 1) + evaluations,
-            )
-            score = float(np.mean(returns))
             best = max(best, score)
             metrics |= {SCORE_ATTRIBUTE: score, "best_eval_return_mean": best}
             with tempfile.TemporaryDirectory() as checkpoint_dir:

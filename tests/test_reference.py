@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -134,8 +133,12 @@ def train_plugin(seed: int) -> tuple[list[tuple[int, float]], float]:
     import time
 
     from rllib_drqn.envs import make_delayed_recall
-    from rllib_drqn.evaluate import play_episodes
-    from rllib_drqn.reproduce import SWEEP_SEED, Contender, Protocol, build_contender_config
+    from rllib_drqn.reproduce import (
+        Contender,
+        Protocol,
+        build_contender_config,
+        train_with_evaluations,
+    )
 
     protocol = Protocol(
         env_steps=SETTINGS.env_steps, eval_interval=SETTINGS.eval_interval, seeds=(seed,)
@@ -150,23 +153,11 @@ def train_plugin(seed: int) -> tuple[list[tuple[int, float]], float]:
     evaluations: list[tuple[int, float]] = []
     started = time.perf_counter()
     try:
-        steps = 0
-        while steps < protocol.env_steps:
-            result: dict[str, Any] = algo.train()
-            steps = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
-            if steps < (len(evaluations) + 1) * protocol.eval_interval:
-                continue
-            index = steps // protocol.eval_interval
-            returns = play_episodes(
-                algo.get_module(),
-                env,
-                protocol.eval_episodes,
-                protocol.epsilon,
-                seed=SWEEP_SEED + 1_000 * (seed + 1) + index,
-            )
-            evaluations.append((steps, float(np.mean(returns))))
-            if trained_best(evaluations) >= BAR:
-                break
+        for _, steps, score in train_with_evaluations(algo, env, protocol, seed):
+            if score is not None:
+                evaluations.append((steps, score))
+                if trained_best(evaluations) >= BAR:
+                    break
     finally:
         algo.stop()
     return evaluations, time.perf_counter() - started
