@@ -312,11 +312,12 @@ def _batchable(episodes: list[Any], module: RLModule, lookahead: int) -> bool:
     max_seq_len = module.model_config["max_seq_len"]
     keys = None
     for episode in episodes:
+        if not (isinstance(episode, SingleAgentEpisode) and episode.is_numpy):
+            return False
+        num_lookahead = _num_lookahead(episode)
         if not (
-            isinstance(episode, SingleAgentEpisode)
-            and episode.is_numpy
-            and 0 < len(episode) - _num_lookahead(episode) <= max_seq_len
-            and _num_lookahead(episode) <= lookahead
+            0 < len(episode) - num_lookahead <= max_seq_len
+            and num_lookahead <= lookahead
             and all(
                 isinstance(leaf, np.ndarray) for leaf in tree.flatten(episode.observations.data)
             )

@@ -44,7 +44,7 @@ from ray.rllib.utils.typing import ModuleID, ParamDict
 from rllib_drqn.batching import use_sequence_batching
 from rllib_drqn.losses import sequence_td_loss
 from rllib_drqn.module import TARGET_STATE_IN
-from rllib_drqn.replay import LOOKAHEAD, SEQ_SLOT, SEQ_START
+from rllib_drqn.replay import LOOKAHEAD, SEQ_SLOT, SEQ_START, lookahead_steps
 
 __all__ = ["DRQNTorchLearner", "SequentialStateCarry", "trained_steps"]
 
@@ -145,8 +145,8 @@ class DRQNTorchLearner(DQNTorchLearner):
         self.num_updates = 0
         self.state_carry: SequentialStateCarry | None = None
         if self._learner_connector is not None:
-            # n-step targets read n_step - 1 steps past each window's trained ones.
-            lookahead = self.config.n_step - 1 if isinstance(self.config.n_step, int) else 0
+            # As many lookahead steps as replay gives each window.
+            lookahead = lookahead_steps(self.config.n_step)
             use_sequence_batching(self._learner_connector, lookahead=lookahead)
         if getattr(self.config, "update_mode", "random") == "sequential":
             self.state_carry = SequentialStateCarry()

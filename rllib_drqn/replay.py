@@ -51,6 +51,7 @@ __all__ = [
     "UPDATE_MODES",
     "DRQNEpisodeReplayBuffer",
     "DRQNPrioritizedEpisodeReplayBuffer",
+    "lookahead_steps",
 ]
 
 UPDATE_MODES = ("random", "sequential", "stored")
@@ -144,7 +145,7 @@ class _SequenceSampling:
                 "The replay buffer is empty; set num_steps_sampled_before_learning_starts > 0."
             )
         num_sequences = max(1, math.ceil((num_items or self.batch_size_B) / batch_length_T))
-        lookahead = _lookahead(n_step)
+        lookahead = lookahead_steps(n_step)
         if self.update_mode == "sequential":
             chunks = self._sample_sequential_chunks(
                 num_sequences, batch_length_T, lookahead, lookback
@@ -361,7 +362,7 @@ class DRQNPrioritizedEpisodeReplayBuffer(_SequenceSampling, PrioritizedEpisodeRe
         super().update_priorities(np.array(sequence_priorities), module_id)
 
 
-def _lookahead(n_step: int | tuple | None) -> int:
+def lookahead_steps(n_step: int | tuple | None) -> int:
     """Steps past a window's trained ones that its n-step targets read: ``n_step - 1``."""
     if isinstance(n_step, int) and not isinstance(n_step, bool):
         return max(0, n_step - 1)
