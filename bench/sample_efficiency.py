@@ -222,7 +222,7 @@ def build(name: str, args: Any, seed: int) -> Any:
         if name in (ASYNC_NAME, SYNC_REMOTE_NAME):
             config.env_runners(num_env_runners=1)
         if name == ASYNC_NAME:
-            # replay_ratio stays None: the ratio the sync loop runs at (320 by default).
+            # replay_ratio stays None: the sync loop's updates per env step.
             config.training(async_training=True)
         return config.build_algo()
     if name == PEER_NAME:

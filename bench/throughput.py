@@ -360,7 +360,8 @@ def _async_vs_sync_config(args: Any, env: str, num_runners: int, asynchronous: b
     The sync loop samples ``rollout_fragment_length`` steps from every runner, then makes one
     update; its fragment is therefore ``steps per update / runners``, which gives both loops
     the same replay ratio. The async loop's rate limiter holds that ratio
-    (``sync_replay_ratio``). Each runner takes half a CPU so both contenders' runners fit.
+    (``replay_ratio=None``: ``sync_updates_per_env_step``). Each runner takes half a CPU so
+    both contenders' runners fit.
     """
     per_update = ENV_STEPS_PER_UPDATE[env]
     if per_update % num_runners:

@@ -17,7 +17,10 @@ RLlib's own IMPALA/APPO ``training_step`` uses (``ray/rllib/algorithms/impala/im
 - **Rate limiter.** :class:`ReplayRatioLimiter` (Reverb's ``SampleToInsertRatio``) holds the
   timesteps trained per env step sampled at ``replay_ratio``. It pauses training when the
   learner is ahead and stops sending sample requests when the actors are ahead, so an async
-  run replays each step as often as a sync run at the same ratio.
+  run replays each step as often as a sync run at the same ratio. Timesteps trained are what
+  RLlib's learner counts (``num_module_steps_trained``: every step of a replayed sequence but
+  its padding, burn-in and n-step lookahead steps included), so the limiter's ratio and
+  RLlib's reported counters are one unit.
 - **Learner.** Trains whenever the limiter allows, on the same replay sampling, learner update,
   TD-error priorities and metrics as RLlib's DQN step.
 - **Weight broadcast.** Every ``broadcast_interval`` updates, one ``ray.put`` of the weights for
@@ -44,11 +47,13 @@ import ray
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.utils.metrics import (
+    ALL_MODULES,
     ENV_RUNNER_RESULTS,
     LEARNER_RESULTS,
     LEARNER_UPDATE_TIMER,
     NUM_AGENT_STEPS_SAMPLED_LIFETIME,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED,
     REPLAY_BUFFER_ADD_DATA_TIMER,
     REPLAY_BUFFER_RESULTS,
     REPLAY_BUFFER_SAMPLE_TIMER,
@@ -69,7 +74,7 @@ __all__ = [
     "apex_epsilon",
     "apply_runner_epsilons",
     "check_runner_epsilon",
-    "sync_replay_ratio",
+    "sync_updates_per_env_step",
 ]
 
 #: Results key of the rate limiter's numbers (achieved and target replay ratio, pauses).
@@ -157,15 +162,16 @@ class ReplayRatioLimiter:
         return self.timesteps_trained / since_start if since_start > 0 else math.nan
 
 
-def sync_replay_ratio(config: Any) -> float:
-    """The replay ratio RLlib's synchronous DQN loop runs this config at.
+def sync_updates_per_env_step(config: Any) -> float:
+    """Learner updates per env step sampled in RLlib's synchronous DQN loop on this config.
 
     ``DQN.training_step`` alternates ``store_weight`` sample rounds with
     ``sample_and_train_weight`` updates (``calculate_rr_weights`` in
     ``ray/rllib/algorithms/dqn/dqn.py``). A round collects ``rollout_fragment_length *
     num_envs_per_env_runner`` env steps from each remote runner (or from the local one when
-    there are none), and an update trains ``total_train_batch_size`` timesteps. An async run
-    with this ratio replays as much as the sync run it replaces.
+    there are none). ``calculate_rr_weights`` divides by ``num_env_runners + 1`` although the
+    local runner does not sample when there are remote ones, so with remote runners the sync
+    loop trains more than ``training_intensity`` asks; this returns what it does.
     """
     from ray.rllib.algorithms.dqn.dqn import calculate_rr_weights
 
@@ -175,7 +181,7 @@ def sync_replay_ratio(config: Any) -> float:
         * config.num_envs_per_env_runner
         * max(config.num_env_runners, 1)
     )
-    return train_weight * config.total_train_batch_size / (store_weight * round_env_steps)
+    return train_weight / (store_weight * round_env_steps)
 
 
 # ---- Per-actor exploration (Ape-X) -------------------------------------------------------------
@@ -277,39 +283,74 @@ class AsyncDRQNLoop:
     def __init__(self, algo: Any) -> None:
         self.algo = algo
         config = algo.config
-        self.batch_timesteps = float(config.total_train_batch_size)
         #: Env steps one sample request returns (at least; a vector env can add a few).
         self.request_env_steps = float(
             config.get_rollout_fragment_length() * config.num_envs_per_env_runner
         )
-        replay_ratio = config.replay_ratio or sync_replay_ratio(config)
-        learning_starts = int(config.num_steps_sampled_before_learning_starts)
-        self.limiter = ReplayRatioLimiter(
-            replay_ratio=float(replay_ratio),
-            min_size_to_train=learning_starts,
-            error_buffer=self._error_buffer(config, float(replay_ratio), learning_starts),
+        #: With ``replay_ratio=None``: the sync loop's updates per env step, which the target
+        #: ratio follows (times the mean timesteps an update has trained so far).
+        self.sync_updates_per_env_step = (
+            sync_updates_per_env_step(config) if config.replay_ratio is None else None
         )
         # Resume the counts from a restored checkpoint's metrics (0 in a fresh run).
+        self.num_updates = int(
+            algo.metrics.peek((RATE_LIMITER_RESULTS, "num_updates_lifetime"), default=0)
+        )
+        timesteps_trained = algo.metrics.peek(
+            (RATE_LIMITER_RESULTS, "num_timesteps_trained_lifetime"), default=0
+        )
+        self.limiter = ReplayRatioLimiter(
+            replay_ratio=self._target_ratio(timesteps_trained),
+            min_size_to_train=int(config.num_steps_sampled_before_learning_starts),
+            error_buffer=0.0,
+        )
+        self.limiter.error_buffer = self._error_buffer()
         self.limiter.record_sampled(
             algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
         )
-        self.limiter.record_trained(
-            algo.metrics.peek((RATE_LIMITER_RESULTS, "num_timesteps_trained_lifetime"), default=0)
-        )
+        self.limiter.record_trained(timesteps_trained)
         self.updates_since_broadcast = 0
         self.num_broadcasts = 0
 
-    def _error_buffer(self, config: Any, replay_ratio: float, learning_starts: int) -> float:
+    @property
+    def timesteps_per_update(self) -> float:
+        """Timesteps RLlib's learner counted per update so far: the next update's estimate.
+
+        Before the first update it is the padded batch, ``total_train_batch_size``.
+        """
+        if self.num_updates == 0:
+            return float(self.algo.config.total_train_batch_size)
+        return self.limiter.timesteps_trained / self.num_updates
+
+    def _target_ratio(self, timesteps_trained: float) -> float:
+        """``replay_ratio``, or the sync loop's updates per env step times the mean update."""
+        if self.sync_updates_per_env_step is None:
+            return float(self.algo.config.replay_ratio)
+        per_update = (
+            timesteps_trained / self.num_updates
+            if self.num_updates
+            else float(self.algo.config.total_train_batch_size)
+        )
+        return self.sync_updates_per_env_step * per_update
+
+    def _error_buffer(self) -> float:
         """Acme's error buffer (``tolerance * ratio * min replay size``), never too small.
 
         It must hold one update plus the requests all runners have in flight, or the limiter
         would pause both sides at once (deadlock) or keep runners idle while the learner
         trains (no overlap).
         """
+        config, limiter = self.algo.config, self.limiter
         num_requests = max(1, config.num_env_runners) * config.max_requests_in_flight_per_env_runner
         in_flight = self.request_env_steps * num_requests
-        floor = self.batch_timesteps + replay_ratio * in_flight
-        return max(config.replay_ratio_tolerance * replay_ratio * learning_starts, floor)
+        # The padded batch bounds an update's count only without lookahead; take the larger.
+        floor = max(self.timesteps_per_update, config.total_train_batch_size) + (
+            limiter.replay_ratio * in_flight
+        )
+        tolerance_steps = (
+            config.replay_ratio_tolerance * limiter.replay_ratio * limiter.min_size_to_train
+        )
+        return max(tolerance_steps, floor)
 
     # ---- one step -------------------------------------------------------------------------
 
@@ -318,10 +359,10 @@ class AsyncDRQNLoop:
         algo = self.algo
         self._collect_samples(timeout_s=0.0)
         self._request_samples()
-        if not self.limiter.can_train(self.batch_timesteps):
+        if not self.limiter.can_train(self.timesteps_per_update):
             # Training paused: wait for samples (the runners are at work meanwhile).
             self._wait_for_samples()
-        if self.limiter.can_train(self.batch_timesteps):
+        if self.limiter.can_train(self.timesteps_per_update):
             self._train_once()
             self._request_samples()
         self._discard_finished(_WEIGHTS_TAG, _RESTORE_TAG, _EPSILON_TAG)
@@ -329,6 +370,7 @@ class AsyncDRQNLoop:
             {
                 "replay_ratio": self.limiter.achieved_ratio,
                 "target_replay_ratio": self.limiter.replay_ratio,
+                "timesteps_per_update": self.timesteps_per_update,
                 "error_buffer": self.limiter.error_buffer,
                 "num_env_steps_in_replay_lifetime": self.limiter.env_steps_sampled,
                 "num_healthy_env_runners": algo.env_runner_group.num_healthy_remote_workers(),
@@ -346,7 +388,7 @@ class AsyncDRQNLoop:
         while time.perf_counter() - start < _MAX_WAIT_S:
             if self._collect_samples(timeout_s=_POLL_S):
                 self._request_samples()
-                if self.limiter.can_train(self.batch_timesteps):
+                if self.limiter.can_train(self.timesteps_per_update):
                     break
             elif self.algo.env_runner_group.num_in_flight_async_reqs(tag=_SAMPLE_TAG) == 0:
                 self._request_samples()
@@ -428,6 +470,11 @@ class AsyncDRQNLoop:
             )
             # As DQN's step: TD errors out of the results (too large to log), into priorities.
             td_errors: dict[str, list[np.ndarray]] = defaultdict(list)
+            # What RLlib's learners counted for this update (each learner its shard).
+            timesteps_trained = sum(
+                float(result[ALL_MODULES][NUM_MODULE_STEPS_TRAINED].peek())
+                for result in learner_results
+            )
             for result in learner_results:
                 for module_id, module_results in result.items():
                     if TD_ERROR_KEY in module_results:
@@ -443,10 +490,14 @@ class AsyncDRQNLoop:
                     for module_id, errors in td_errors.items()
                 },
             )
-        self.limiter.record_trained(self.batch_timesteps)
-        algo.metrics.log_value(
-            (RATE_LIMITER_RESULTS, "num_timesteps_trained_lifetime"),
-            self.batch_timesteps,
+        self.limiter.record_trained(timesteps_trained)
+        self.num_updates += 1
+        if self.sync_updates_per_env_step is not None:
+            self.limiter.replay_ratio = self._target_ratio(self.limiter.timesteps_trained)
+            self.limiter.error_buffer = self._error_buffer()
+        algo.metrics.log_dict(
+            {"num_timesteps_trained_lifetime": timesteps_trained, "num_updates_lifetime": 1},
+            key=RATE_LIMITER_RESULTS,
             reduce="lifetime_sum",
         )
         self.updates_since_broadcast += 1

@@ -171,7 +171,11 @@ class DRQNConfig(DQNConfig):
             async_training: Remote env runners sample continuously while the learner
                 trains (``rllib_drqn.async_training``); needs ``num_env_runners >= 1``.
             replay_ratio: Async only: timesteps trained per env step sampled, held by a rate
-                limiter. None: the ratio the synchronous loop runs this config at.
+                limiter. Timesteps trained are RLlib's learner count,
+                ``num_module_steps_trained``: every step of a replayed sequence but its
+                padding (burn-in and n-step lookahead steps count). None: the synchronous
+                loop's updates per env step on this config, so the async loop trains as much
+                as the sync loop would.
             replay_ratio_tolerance: Async only: the limiter's slack, as Acme's tolerance
                 rate: training may run ``tolerance * replay_ratio *
                 num_steps_sampled_before_learning_starts`` timesteps ahead or behind.
@@ -379,9 +383,10 @@ class DRQNConfig(DQNConfig):
             isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 0
         ):
             raise ValueError(
-                f"replay_ratio (timesteps trained per env step sampled) must be a number > 0 "
-                f"or None, got {ratio!r}. E.g. 320 trains one batch of "
-                f"{self.train_batch_size_per_learner} timesteps per "
+                f"replay_ratio (timesteps trained per env step sampled, as RLlib's "
+                f"num_module_steps_trained counts them) must be a number > 0 or None, got "
+                f"{ratio!r}. None trains as much as the synchronous loop would; 320 trains "
+                f"one batch of {self.train_batch_size_per_learner} unpadded timesteps per "
                 f"{self.train_batch_size_per_learner / 320:g} env steps."
             )
         tolerance = self.replay_ratio_tolerance

@@ -107,10 +107,6 @@ def dqn_frame_stack(
     )
 
 
-#: Timesteps trained per env step: one update of 64 sequences x 80 steps per 4 env steps.
-_R2D2_REPLAY_RATIO = 64 * 80 / 4
-
-
 def r2d2(game: str = "Pong", flicker_prob: float = 0.5) -> DRQNConfig:
     """R2D2 (Kapturowski et al. 2019, https://openreview.net/forum?id=r1lyTjAqYX) on one machine.
 
@@ -124,8 +120,8 @@ def r2d2(game: str = "Pong", flicker_prob: float = 0.5) -> DRQNConfig:
     acts with the fixed epsilon 0.4 ** (1 + 7 i / (N - 1)) (``per_runner_epsilon``).
     Not from the paper: 2 env runners x 2 envs (half a CPU each, so it runs on 2 cores; R2D2
     ran 256 actors: raise ``num_env_runners`` on a bigger machine or a cluster), the replay
-    ratio held at one update per 4 env steps (64 x 80 = 5,120 timesteps trained per 4 env
-    steps, as the synchronous preset trained), and 400k replay steps instead of 1M sequences.
+    ratio held at the synchronous preset's one update of 64 sequences per 4 env steps
+    (``replay_ratio=None``), and 400k replay steps instead of 1M sequences.
     """
     return (
         drqn_paper(game, flicker_prob)
@@ -138,7 +134,7 @@ def r2d2(game: str = "Pong", flicker_prob: float = 0.5) -> DRQNConfig:
         )
         .training(
             async_training=True,
-            replay_ratio=_R2D2_REPLAY_RATIO,
+            replay_ratio=None,  # The sync loop's one update per sample round of 4 env steps.
             per_runner_epsilon=True,
             per_runner_epsilon_base=0.4,
             per_runner_epsilon_alpha=7.0,
