@@ -318,20 +318,18 @@ class AsyncDRQNLoop:
 
         Before the first update it is the padded batch, ``total_train_batch_size``.
         """
+        return self._mean_update(self.limiter.timesteps_trained)
+
+    def _mean_update(self, timesteps_trained: float) -> float:
         if self.num_updates == 0:
             return float(self.algo.config.total_train_batch_size)
-        return self.limiter.timesteps_trained / self.num_updates
+        return timesteps_trained / self.num_updates
 
     def _target_ratio(self, timesteps_trained: float) -> float:
         """``replay_ratio``, or the sync loop's updates per env step times the mean update."""
         if self.sync_updates_per_env_step is None:
             return float(self.algo.config.replay_ratio)
-        per_update = (
-            timesteps_trained / self.num_updates
-            if self.num_updates
-            else float(self.algo.config.total_train_batch_size)
-        )
-        return self.sync_updates_per_env_step * per_update
+        return self.sync_updates_per_env_step * self._mean_update(timesteps_trained)
 
     def _error_buffer(self) -> float:
         """Acme's error buffer (``tolerance * ratio * min replay size``), never too small.
