@@ -3,7 +3,9 @@
 Each contender is built here and nowhere else, so every script compares the same things:
 
 - **DRQN**: ``rllib_drqn.DRQNConfig`` (uint8 frames, sequences counted in sequences).
-- **RLlib's use_lstm DQN** (the peer): ``DQNConfig`` with ``model_config={"use_lstm": True}``,
+- **RLlib's use_lstm DQN** (the peer): RLlib's DQN (``rllib_drqn.baselines.BaselineDQNConfig``:
+  ``DQNConfig`` with the plugin's episode reporting, so it reports the same return window as
+  DRQN; training is RLlib's) with ``model_config={"use_lstm": True}``,
   set to the same LSTM size, sequence length and batch in sequences. Two things make it run at
   all on Ray 2.60, both measured: DQN's default ``PrioritizedEpisodeReplayBuffer`` crashes for
   stateful modules, so it gets RLlib's ``EpisodeReplayBuffer``; and its CNN does not cast uint8
@@ -12,7 +14,8 @@ Each contender is built here and nowhere else, so every script compares the same
   sampled sequence as ``max_seq_len + 1`` timesteps, so its train batch is
   ``num_sequences * (max_seq_len + 1)`` timesteps. By default its network is DRQN's: the
   paper's convs (unpadded), an LSTM, one linear layer (see :func:`lstm_dqn_config`).
-- **DQN without memory**: ``DQNConfig`` with an MLP in place of the LSTM (StatelessCartPole).
+- **DQN without memory**: the same ``BaselineDQNConfig`` with an MLP in place of the LSTM
+  (StatelessCartPole).
 
 Settings both sides share (learning rate, replay, when learning starts, target updates,
 double-Q, no dueling, gradient clipping, rollout length) come from one :class:`Shared`.
@@ -149,6 +152,7 @@ class Shared:
     target_network_update_freq: int = 500
     replay_capacity: int = 50_000
     steps_per_iteration: int = 1000
+    #: Episodes in ``env_runners/episode_return_window_mean`` (and RLlib's per-report cap).
     episodes_for_smoothing: int = 100
     seed: int = 0
     num_gpus_per_learner: int = 0
@@ -173,6 +177,7 @@ def _apply_shared(config: Any, shared: Shared) -> Any:
             min_train_timesteps_per_iteration=0,
             min_time_s_per_iteration=0,
             metrics_num_episodes_for_smoothing=shared.episodes_for_smoothing,
+            episode_return_window=shared.episodes_for_smoothing,
         )
         .debugging(seed=shared.seed, log_level="ERROR")
     )
@@ -245,12 +250,12 @@ def lstm_dqn_config(
     """
     if conv_padding not in ("valid", "same"):
         raise ValueError(f"conv_padding must be 'valid' or 'same', got {conv_padding!r}.")
-    from ray.rllib.algorithms.dqn import DQNConfig
+    from rllib_drqn.baselines import BaselineDQNConfig
 
     if env == "FlickeringAtari":
         env = FLOAT32_FLICKERING_ATARI
     config = (
-        DQNConfig()
+        BaselineDQNConfig()
         .environment(env, env_config=dict(env_config))
         .training(
             # Ray 2.60 counts each sampled sequence as max_seq_len + 1 timesteps.
@@ -285,11 +290,11 @@ def memoryless_dqn_config(
     ``training_intensity`` keeps the shared replay ratio (one update per
     ``shared.rollout_fragment_length`` env steps).
     """
-    from ray.rllib.algorithms.dqn import DQNConfig
+    from rllib_drqn.baselines import BaselineDQNConfig
 
     batch_size = recurrent.num_sequences * recurrent.max_seq_len
     config = (
-        DQNConfig()
+        BaselineDQNConfig()
         .environment(env, env_config=dict(env_config))
         .training(
             train_batch_size_per_learner=batch_size,

@@ -46,6 +46,7 @@ from rllib_drqn.replay import (
     DRQNEpisodeReplayBuffer,
     DRQNPrioritizedEpisodeReplayBuffer,
 )
+from rllib_drqn.reporting import EpisodeReporting, EpisodeReportingConfig
 from rllib_drqn.resumable import ReplayCheckpointing
 
 __all__ = [
@@ -63,8 +64,12 @@ _REPLAY_BUFFER_TYPE = BUFFER_TYPES[DRQNEpisodeReplayBuffer]
 PRIORITIZED_REPLAY_BUFFER_TYPE = BUFFER_TYPES[DRQNPrioritizedEpisodeReplayBuffer]
 
 
-class DRQNConfig(DQNConfig):
+class DRQNConfig(EpisodeReportingConfig, DQNConfig):
     """Configuration of a DRQN run: RLlib's ``DQNConfig`` plus the update mode.
+
+    Reports ``env_runners/episode_return_window_mean`` (the mean return of the last
+    ``episode_return_window`` episodes, 100 by default) beside RLlib's keys and writes every
+    episode to ``episodes.csv``; see ``rllib_drqn.reporting`` and ``reporting()``.
 
     Example::
 
@@ -116,8 +121,10 @@ class DRQNConfig(DQNConfig):
         self.n_step = 3
         #: One update per 4 env steps (Nature DQN's interval): 4 steps per sample.
         self.rollout_fragment_length = 4
-        #: The reported mean return follows the last 20 episodes, not RLlib's 100, so it
-        #: tracks a run of a few hundred episodes instead of lagging by most of it.
+        #: RLlib's own env_runners/episode_return_mean: at most 20 (not 100) of the episodes
+        #: that ended since the previous report. In Ray 2.60 it is no sliding window (its
+        #: MeanStats is emptied at every report); the plugin's episode_return_window_mean is
+        #: (rllib_drqn.reporting).
         self.metrics_num_episodes_for_smoothing = 20
         self._init_async_settings()
 
@@ -530,7 +537,7 @@ def require_known_env(env_id: str) -> None:
     )
 
 
-class DRQN(ReplayCheckpointing, DQN):
+class DRQN(EpisodeReporting, ReplayCheckpointing, DQN):
     """RLlib's DQN with DRQN's defaults and replay; registered with Tune as ``"DRQN"``."""
 
     @classmethod
@@ -552,10 +559,12 @@ class DRQN(ReplayCheckpointing, DQN):
     def training_step(self) -> None:
         """RLlib's DQN step, or with ``async_training`` the asynchronous one."""
         if not self.config.async_training:
+            # EpisodeReporting.training_step: DQN's step, then the episodes' env steps.
             return super().training_step()
         if self._async_loop is None:
             self._async_loop = AsyncDRQNLoop(self)
-        return self._async_loop.training_step()
+        self._async_loop.training_step()
+        self.note_episode_arrivals()
 
     @override(DQN)
     def restore_env_runners(self, env_runner_group: Any) -> list[int]:

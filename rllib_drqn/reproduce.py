@@ -308,6 +308,8 @@ def build_contender_config(protocol: Protocol, contender: Contender, seed: int) 
         .reporting(
             min_sample_timesteps_per_iteration=min(protocol.eval_interval, 1_000),
             metrics_num_episodes_for_smoothing=10,
+            # train_return_mean: the mean return of the last 10 training episodes.
+            episode_return_window=10,
         )
         .debugging(seed=seed)
     )
@@ -531,14 +533,11 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
     import torch
     from gymnasium.wrappers import TimeLimit
     from ray import tune
-    from ray.rllib.utils.metrics import (
-        ENV_RUNNER_RESULTS,
-        EPISODE_RETURN_MEAN,
-        NUM_TRAINING_STEP_CALLS_PER_ITERATION,
-    )
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_TRAINING_STEP_CALLS_PER_ITERATION
 
     import rllib_drqn
     from rllib_drqn.evaluate import DEFAULT_MAX_EPISODE_STEPS, make_env
+    from rllib_drqn.reporting import RETURN_WINDOW_MEAN, local_trial_dir
 
     rllib_drqn.register()
     trial = param_space["trial"]
@@ -547,7 +546,13 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
     protocol = Protocol.from_dict(trial["protocol"])
     contender = Contender(**trial["contender"])
     seed = int(trial["seed"])
-    config = build_contender_config(protocol, contender, seed)
+    # The algorithm is built inside this function trainable, so its own logdir is not the
+    # trial's: episodes.csv goes to the trial directory by name (for `rllib plot`).
+    context = tune.get_context()
+    log_dir = local_trial_dir(context.get_storage()) or context.get_trial_dir()
+    config = build_contender_config(protocol, contender, seed).reporting(
+        episode_log_dir=str(log_dir)
+    )
     env = TimeLimit(
         make_env(config.env, config.env_config, contender.flicker_prob),
         DEFAULT_MAX_EPISODE_STEPS,
@@ -563,9 +568,10 @@ def train_trial(param_space: Mapping[str, Any]) -> None:
             metrics = {
                 "env_steps": steps,
                 "updates": updates,
-                "train_return_mean": float(
-                    result[ENV_RUNNER_RESULTS].get(EPISODE_RETURN_MEAN, float("nan"))
-                ),
+                # The training curve: the mean return of the last episode_return_window
+                # training episodes (10 at small scale, 100 with the Atari presets), not
+                # RLlib's per-report episode_return_mean.
+                "train_return_mean": float(result[ENV_RUNNER_RESULTS][RETURN_WINDOW_MEAN]),
             }
             if best > -math.inf:  # Tune's TensorBoard logger warns on -inf.
                 metrics["best_eval_return_mean"] = best

@@ -216,7 +216,8 @@ def _train(
         while True:
             result = algo.train()
             runners = result["env_runners"]
-            best = max(best, runners.get("episode_return_mean", -math.inf))
+            window_mean = runners.get("episode_return_window_mean", math.nan)
+            best = max(best, window_mean if math.isfinite(window_mean) else -math.inf)
             steps = runners["num_env_steps_sampled_lifetime"]
             if steps >= max_env_steps or (target is not None and best >= target):
                 break

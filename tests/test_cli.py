@@ -21,6 +21,7 @@ import ray
 from rllib_drqn import cli
 from rllib_drqn.cli import (
     RETURN_MEAN,
+    RETURN_WINDOW,
     build_config,
     build_parser,
     load_experiment,
@@ -141,7 +142,7 @@ BAD_INPUTS = [
         "old_api_stop_key",
         _experiment_yaml(),
         ["--stop", '{"episode_reward_mean": 100}'],
-        ["'episode_reward_mean' is the old API stack's", f"use '{RETURN_MEAN}'"],
+        ["'episode_reward_mean' is the old API stack's", f"use '{RETURN_WINDOW}'"],
     ),
     (
         "bad_update_mode",
@@ -259,7 +260,11 @@ def test_exponent_floats_and_dqn_baseline(tmp_path: Path, no_ray: None) -> None:
     )
     path.write_text(_experiment_yaml(config_text, run="DQN"))
     config = build_config(load_experiment(path), num_env_runners=1)
-    assert type(config).__name__ == "DQNConfig"
+    # RLlib's DQN, with the plugin's episode reporting (the return window it stops on).
+    assert type(config).__name__ == "BaselineDQNConfig"
+    from ray.rllib.algorithms.dqn import DQN
+
+    assert issubclass(config.algo_class, DQN)
     assert config.lr == 0.001  # PyYAML alone would read "1e-3" as a string.
     assert config.num_env_runners == 1
     # Merged into DQN's default buffer config, as update_from_dict does.
@@ -313,10 +318,17 @@ def test_train_one_iteration_leaves_a_checkpoint(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout
-    progress = r"^iter +1 \| env steps +[\d,]+ \| +[\d.]+ steps/s \| return mean +[\d.]+ \| time"
+    progress = (
+        r"^iter +1 \| env steps +[\d,]+ \| +[\d.]+ steps/s \| return mean +[\d.]+ \( *\d+ ep\) "
+        r"\| time"
+    )
     # The file's stop has a step budget (25,000), so the line ends with an ETA to it.
     assert re.search(progress + r" +[\d.]+ s \| ETA \d+:\d\d:\d\d$", out, re.M), out
     assert "reached: ['training_iteration']" in out
+    assert f"Mean return of the last 20 episodes ({RETURN_WINDOW}): last" in out
+    (episode_log,) = tmp_path.rglob("episodes.csv")  # In the trial directory, beside params.json.
+    assert (episode_log.parent / "params.json").is_file()
+    assert len(episode_log.read_text().splitlines()) > 1
     checkpoints = [p for p in tmp_path.rglob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1
     assert f"Checkpoint: {checkpoints[0]}" in out

@@ -130,6 +130,27 @@ BAD_SETTINGS = [
         ValueError,
         r"num_learners=2.*num_learners=1",
     ),
+    (
+        lambda c: c.reporting(episode_return_window=0),
+        ValueError,
+        r"episode_return_window must be an int >= 1.*got 0.*"
+        r"reporting\(episode_return_window=100\)",
+    ),
+    (
+        lambda c: c.reporting(episode_return_window=20.0),
+        ValueError,
+        r"episode_return_window must be an int >= 1.*got 20.0",
+    ),
+    (
+        lambda c: c.reporting(episode_return_window=True),
+        ValueError,
+        r"episode_return_window must be an int >= 1.*got True",
+    ),
+    (
+        lambda c: c.reporting(episode_log_dir=3),
+        TypeError,
+        r"episode_log_dir must be a directory path or None, got 3 \(int\)",
+    ),
 ]
 
 

@@ -251,6 +251,8 @@ def test_tiny_run_writes_every_table_plot_and_verdict(
         scores = [score for _, score in trial["evaluations"]]
         assert scores and max(scores) == pytest.approx(trial["best_eval_return"])
         assert Path(trial["checkpoint"]).is_dir()  # The best checkpoint, kept by Tune.
+        # Every training episode, in the trial directory (for `rllib plot`).
+        assert (Path(trial["checkpoint"]).parent / "episodes.csv").read_text().count("\n") > 1
         sweep = json.loads((out / trial["evaluation"]).read_text())
         assert [r["flicker_prob"] for r in sweep["results"]] == list(reproduce.SWEEP_PROBS)
 

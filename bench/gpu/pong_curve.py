@@ -16,8 +16,9 @@
    learner); Tune writes ``result.json`` after every iteration, so a run that is killed by
    its stage timeout still leaves its curve on disk.
 3. ``report`` reads only the saved ``result.json`` (never a live run) and writes
-   ``curve.csv`` (env steps, wall s, return mean, ...), ``curve.png`` and ``summary.json``
-   (the machine, the settings, the final numbers). It can be rerun on copied-back files.
+   ``curve.csv`` (env steps, wall s, return mean of the last 100 episodes, ...),
+   ``curve.png`` and ``summary.json`` (the machine, the settings, the final numbers). It can
+   be rerun on copied-back files.
 
 ``--budget tiny`` shrinks the run to seconds on a CPU (episodes truncated at 20 steps so some
 end, LSTM 32, 4 sequences per update): what CI runs through ``check.sh --cpu --tiny``. Its
@@ -47,7 +48,8 @@ __all__ = ["BUDGETS", "CURVE_COLUMNS", "main", "prepare", "read_progress", "repo
 CURVE_COLUMNS: Final[Mapping[str, str]] = {
     "num_env_steps_sampled_lifetime": "env_steps",
     "time_total_s": "wall_s",
-    "env_runners/episode_return_mean": "return_mean",
+    # The mean return of the last 100 training episodes (rllib_drqn.reporting), across reports.
+    "env_runners/episode_return_window_mean": "return_mean",
     "training_iteration": "iteration",
     "env_runners/num_episodes_lifetime": "episodes",
     "learners/__all_modules__/num_env_steps_trained_lifetime": "timesteps_trained",
@@ -281,7 +283,7 @@ def _plot(rows: Sequence[Mapping[str, float | None]], path: Path, settings: Any)
     name = (settings or {}).get("experiment", path.parent.name)
     axes.set_title(f"{name}: mean episode return")
     axes.set_xlabel("env steps sampled")
-    axes.set_ylabel("episode return mean (RLlib's, last 100 episodes)")
+    axes.set_ylabel("mean return, last 100 episodes (episode_return_window_mean)")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)

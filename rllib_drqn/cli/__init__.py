@@ -1,4 +1,4 @@
-"""``rllib``: train DRQN (or RLlib's DQN as a memory-less baseline) and evaluate checkpoints.
+"""``rllib``: train DRQN (or RLlib's DQN as a memory-less baseline), evaluate and plot runs.
 
 Ray 2.60 no longer ships RLlib's ``rllib`` command. This is its ``train file`` half for the new
 API stack, installed as the ``rllib`` console script and runnable as ``python -m rllib_drqn``::
@@ -8,6 +8,7 @@ API stack, installed as the ``rllib`` console script and runnable as ``python -m
     rllib evaluate CHECKPOINT --flicker-probs 0,0.5,1 --episodes 10
     rllib reproduce --out docs/reproduction   # the paper's three claims
     rllib export CHECKPOINT --format onnx --out deploy/   # run it without Ray
+    rllib plot results/stateless-cartpole-drqn   # return against env steps, per seed
 
 One module per concern:
 
@@ -18,6 +19,7 @@ One module per concern:
 - :mod:`rllib_drqn.cli.evaluation`: ``rllib evaluate``, over :mod:`rllib_drqn.evaluate`;
 - :mod:`rllib_drqn.cli.reproduce`: ``rllib reproduce``, over :mod:`rllib_drqn.reproduce`;
 - :mod:`rllib_drqn.cli.export`: ``rllib export``, over :mod:`rllib_drqn.export`.
+- :mod:`rllib_drqn.cli.plot`: ``rllib plot``, over :mod:`rllib_drqn.plotting`.
 
 To add a subcommand, write a module with an ``add_parser(subparsers)`` function that adds its
 parser and sets ``handler`` (a function of the parsed arguments that returns the exit status and
@@ -31,11 +33,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from rllib_drqn.cli import evaluation, export, reproduce, run
+from rllib_drqn.cli import evaluation, export, plot, reproduce, run
 from rllib_drqn.cli.experiment_file import (
     ALGORITHMS,
     DEFAULT_STORAGE_PATH,
     RETURN_MEAN,
+    RETURN_WINDOW,
     STOP_KEYS,
     CLIError,
     Experiment,
@@ -50,6 +53,7 @@ __all__ = [
     "DEFAULT_STORAGE_PATH",
     "EXIT_BAD_INPUT",
     "RETURN_MEAN",
+    "RETURN_WINDOW",
     "STOP_KEYS",
     "SUBCOMMANDS",
     "CLIError",
@@ -71,6 +75,7 @@ SUBCOMMANDS: Final[tuple[Callable[[argparse._SubParsersAction], None], ...]] = (
     evaluation.add_parser,
     reproduce.add_parser,
     export.add_parser,
+    plot.add_parser,
 )
 
 
@@ -79,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rllib",
         description="Train DRQN (rllib-drqn) or RLlib's DQN from tuned-example YAML files, "
-        "resume runs, evaluate checkpoints across observability, and export them.",
+        "resume runs, evaluate checkpoints across observability, plot learning curves, and "
+        "export them.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_subcommand in SUBCOMMANDS:

@@ -5,7 +5,7 @@ The file holds one experiment in RLlib's tuned-example format::
     stateless-cartpole-drqn:
       run: DRQN                      # or DQN: RLlib's own, the memory-less baseline
       env: StatelessCartPole
-      stop: {env_runners/episode_return_mean: 150, num_env_steps_sampled_lifetime: 50000}
+      stop: {env_runners/episode_return_window_mean: 150, num_env_steps_sampled_lifetime: 50000}
       config:                        # flat AlgorithmConfig keys of the new API stack
         lr: 0.001
         model_config: {lstm_cell_size: 32, max_seq_len: 10}
@@ -35,7 +35,6 @@ import ray
 import torch
 import yaml
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     EPISODE_RETURN_MEAN,
@@ -45,15 +44,17 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
 
-from rllib_drqn.baselines import FrameStackDQNConfig
+from rllib_drqn.baselines import BaselineDQNConfig, FrameStackDQNConfig
 from rllib_drqn.config import DRQNConfig, require_known_env
 from rllib_drqn.messages import one_line
 from rllib_drqn.module import DRQN_MODEL_DEFAULTS
+from rllib_drqn.reporting import RETURN_WINDOW_MEAN
 
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_STORAGE_PATH",
     "RETURN_MEAN",
+    "RETURN_WINDOW",
     "STOP_KEYS",
     "CLIError",
     "Experiment",
@@ -68,17 +69,25 @@ __all__ = [
 
 #: Algorithms a YAML ``run:`` may name. Config classes are imported directly: naming "DQN" by
 #: string through ``ray.rllib.algorithms.registry`` would import DreamerV3 (and Pillow) too.
+#: "DQN" is RLlib's DQN with the plugin's episode reporting (``BaselineDQNConfig``), so it
+#: reports the return window DRQN reports and its YAML can stop on it.
 ALGORITHMS: Final[Mapping[str, type[AlgorithmConfig]]] = {
     "DRQN": DRQNConfig,
-    "DQN": DQNConfig,
+    "DQN": BaselineDQNConfig,
     "FrameStackDQN": FrameStackDQNConfig,
 }
 
+#: The mean return of the last ``episode_return_window`` episodes (``rllib_drqn.reporting``):
+#: what the tuned examples stop on and the progress line shows.
+RETURN_WINDOW: Final[str] = f"{ENV_RUNNER_RESULTS}/{RETURN_WINDOW_MEAN}"
+#: RLlib's own: the mean of the episodes since the previous report (at most
+#: ``metrics_num_episodes_for_smoothing``), often one or two near a threshold.
 RETURN_MEAN: Final[str] = f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}"
 
 #: Stop keys, as RLlib's tuned examples write them; in Ray 2.60 each is the "/"-joined path of a
 #: real entry of ``Algorithm.train()``'s result, which is how Tune matches stop criteria.
 STOP_KEYS: Final[tuple[str, ...]] = (
+    RETURN_WINDOW,
     RETURN_MEAN,
     f"{EVALUATION_RESULTS}/{RETURN_MEAN}",
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
@@ -88,12 +97,13 @@ STOP_KEYS: Final[tuple[str, ...]] = (
     TIME_TOTAL_S,
 )
 
-# Old-API-stack result keys (Ray <= 2.9 tuned examples) -> the Ray 2.60 key.
+# Old-API-stack result keys (Ray <= 2.9 tuned examples) -> the Ray 2.60 key. The old
+# episode_reward_mean averaged the last 100 episodes: the return window is its equivalent.
 _OLD_STOP_KEYS: Final[Mapping[str, str]] = {
-    "episode_reward_mean": RETURN_MEAN,
-    "episode_return_mean": RETURN_MEAN,
-    "sampler_results/episode_reward_mean": RETURN_MEAN,
-    "env_runners/episode_reward_mean": RETURN_MEAN,
+    "episode_reward_mean": RETURN_WINDOW,
+    "episode_return_mean": RETURN_WINDOW,
+    "sampler_results/episode_reward_mean": RETURN_WINDOW,
+    "env_runners/episode_reward_mean": RETURN_WINDOW,
     "evaluation/episode_reward_mean": f"{EVALUATION_RESULTS}/{RETURN_MEAN}",
     "evaluation/sampler_results/episode_reward_mean": f"{EVALUATION_RESULTS}/{RETURN_MEAN}",
     "timesteps_total": NUM_ENV_STEPS_SAMPLED_LIFETIME,
@@ -397,7 +407,7 @@ def resolve_stop(stop: Mapping[str, Any], override_json: str | None = None) -> d
             raise CLIError(
                 f"--stop {override_json!r} is not valid JSON ({error.msg} at column "
                 f"{error.colno}); pass an object such as "
-                '\'{"training_iteration": 5, "env_runners/episode_return_mean": 150}\'.'
+                '\'{"training_iteration": 5, "env_runners/episode_return_window_mean": 150}\'.'
             ) from None
         if not isinstance(override, dict):
             raise CLIError(

@@ -12,7 +12,9 @@ module adds what Tune cannot know:
   settings, so ``--resume`` refuses a file that changed since the run started;
 - SIGINT and SIGTERM ask for a checkpoint at the end of the current iteration, then stop the
   experiment resumably and print the command that resumes it; a second Ctrl-C stops at once;
-- one progress line per iteration with env steps/s and an ETA to the step budget.
+- one progress line per iteration with env steps/s, the mean return of the last
+  ``episode_return_window`` episodes (``env_runners/episode_return_window_mean``, the key the
+  tuned examples stop on) and an ETA to the step budget.
 
 Exit status (also in ``rllib train file --help``):
     0: training met a stop criterion and saved a checkpoint. A stop on steps, iterations or
@@ -53,7 +55,7 @@ from ray.tune.result import SHOULD_CHECKPOINT, TIME_TOTAL_S, TRAINING_ITERATION
 from rllib_drqn.checkpoints import CheckpointError, check_checkpoint
 from rllib_drqn.cli.experiment_file import (
     DEFAULT_STORAGE_PATH,
-    RETURN_MEAN,
+    RETURN_WINDOW,
     STOP_KEYS,
     CLIError,
     Experiment,
@@ -65,6 +67,7 @@ from rllib_drqn.cli.experiment_file import (
     resolve_stop,
 )
 from rllib_drqn.messages import one_line
+from rllib_drqn.reporting import RETURN_WINDOW_NUM_EPISODES
 
 __all__ = [
     "DEFAULT_CHECKPOINT_FREQ",
@@ -297,6 +300,13 @@ def _format_return(value: Any) -> str:
     return "     n/a"
 
 
+def _format_window(result: Mapping[str, Any]) -> str:
+    """The return window's mean and how many episodes it holds: ``  41.25 (20 ep)``."""
+    episodes = _get(result, f"{ENV_RUNNER_RESULTS}/{RETURN_WINDOW_NUM_EPISODES}")
+    count = f"{int(episodes):3d} ep" if isinstance(episodes, int | float) else "  - ep"
+    return f"{_format_return(_get(result, RETURN_WINDOW))} ({count})"
+
+
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -372,7 +382,7 @@ class _Progress(tune.Callback):
             f"iter {_get(result, TRAINING_ITERATION):4d} | "
             f"env steps {int(steps):>9,} | "
             f"{rate:7.1f} steps/s | "
-            f"return mean {_format_return(_get(result, RETURN_MEAN))} | "
+            f"return mean {_format_window(result)} | "
             f"time {elapsed:8.1f} s{eta}",
             flush=True,
         )
@@ -577,8 +587,8 @@ def _summarize(
         return EXIT_FAILED
     metrics = result.metrics or {}
     returns = (
-        result.metrics_dataframe[RETURN_MEAN].dropna()
-        if result.metrics_dataframe is not None and RETURN_MEAN in result.metrics_dataframe
+        result.metrics_dataframe[RETURN_WINDOW].dropna()
+        if result.metrics_dataframe is not None and RETURN_WINDOW in result.metrics_dataframe
         else None
     )
     reached = [
@@ -601,14 +611,17 @@ def _summarize(
         flush=True,
     )
     if returns is not None and len(returns):
-        target = stop.get(RETURN_MEAN)
+        target = stop.get(RETURN_WINDOW)
         verdict = (
             f" (target {target:g}: {'reached' if returns.max() >= target else 'not reached'})"
             if target is not None
             else ""
         )
+        window = (getattr(result, "config", None) or {}).get("episode_return_window")
+        over = f" of the last {window} episodes" if window else ""
         print(
-            f"Mean episode return: last {returns.iloc[-1]:.2f}, best {returns.max():.2f}{verdict}",
+            f"Mean return{over} ({RETURN_WINDOW}): last {returns.iloc[-1]:.2f}, best "
+            f"{returns.max():.2f}{verdict}",
             flush=True,
         )
     print(f"TensorBoard logs: tensorboard --logdir {storage_path}", flush=True)
