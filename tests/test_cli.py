@@ -322,7 +322,7 @@ def test_train_one_iteration_leaves_a_checkpoint(tmp_path: Path) -> None:
         r"^iter +1 \| env steps +[\d,]+ \| +[\d.]+ steps/s \| return mean +[\d.]+ \( *\d+ ep\) "
         r"\| time"
     )
-    # The file's stop has a step budget (25,000), so the line ends with an ETA to it.
+    # The file's stop has a step budget (50,000), so the line ends with an ETA to it.
     assert re.search(progress + r" +[\d.]+ s \| ETA \d+:\d\d:\d\d$", out, re.M), out
     assert "reached: ['training_iteration']" in out
     assert f"Mean return of the last 20 episodes ({RETURN_WINDOW}): last" in out
