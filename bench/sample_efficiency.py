@@ -57,7 +57,7 @@ infinitely slow, so the median is "-" when half or more of the seeds missed it.
 
 Targets: DRQN reaches 450 within 20,000 env steps, and >= 1.5x faster in wall time than the
 peer. On the window of 20 neither is met (README, "Measured here": median 28,500-30,000 env
-steps; the peer reached 450 at no seed of 50,000 steps, so no wall ratio).
+steps; the peer reached 450 at none of its finished seeds in 50,000 steps, so no wall ratio).
 """
 
 from __future__ import annotations
